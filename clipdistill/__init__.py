@@ -1,0 +1,10 @@
+"""clipdistill: distill CLIP into small, fast open-vocabulary segmentation models (detectron2)."""
+from . import data  # noqa: F401  (registers datasets)
+from . import modeling  # noqa: F401  (registers backbone, heads, meta-architectures)
+from .config import add_clipdistill_config
+from .data import SemSegDatasetMapper
+from .modeling import CLIPTeacher, SegStudent
+
+__version__ = "0.1.0"
+
+__all__ = ["add_clipdistill_config", "SemSegDatasetMapper", "CLIPTeacher", "SegStudent"]

@@ -1,0 +1,54 @@
+"""Configuration keys of clipdistill (``add_clipdistill_config``).
+
+Every key added here is read by exactly one component; ``tests/test_config.py`` checks that none is
+dead. Core detectron2 keys that the project reuses (``MODEL.SEM_SEG_HEAD.*``, ``INPUT.CROP``, ...)
+keep their detectron2 meaning.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_clipdistill_config"]
+
+
+def add_clipdistill_config(cfg: CN) -> None:
+    """Add clipdistill's keys (with their defaults) to a detectron2 config, in place."""
+    # ---- student backbone: any `features_only` timm model (clipdistill/modeling/backbone) ----
+    cfg.MODEL.TIMM = CN()
+    cfg.MODEL.TIMM.NAME = "efficientnet_b0"  # timm model name
+    # "timm": timm's pretrained (ImageNet) weights for NAME; a path: a local timm checkpoint
+    # (.pth/.bin/.safetensors); "": random init (only the toy config does this).
+    cfg.MODEL.TIMM.WEIGHTS = "timm"
+    # timm feature levels to expose, named res2..res5 for levels 1..4 (strides 4..32).
+    cfg.MODEL.TIMM.OUT_INDICES = [1, 2, 3, 4]
+
+    # ---- the student's open-vocabulary head (clipdistill/modeling/heads) ----
+    # Initial value of the learnable logit scale s in logits = s * <F, T_k> + b.
+    cfg.MODEL.SEM_SEG_HEAD.LOGIT_SCALE_INIT = 10.0
+
+    cfg.MODEL.CLIPDISTILL = CN()
+    # ---- frozen CLIP teacher (clipdistill/modeling/teacher) ----
+    cfg.MODEL.CLIPDISTILL.TEACHER = CN()
+    cfg.MODEL.CLIPDISTILL.TEACHER.NAME = "ViT-B-16"  # open_clip model name
+    # open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...), a local weights file, or
+    # "" for a randomly initialised teacher (tests and the toy config only).
+    cfg.MODEL.CLIPDISTILL.TEACHER.WEIGHTS = "openai"
+    cfg.MODEL.CLIPDISTILL.TEACHER.IMAGE_SIZE = 224  # input side for the global embedding Cg
+    cfg.MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE = 448  # input side for dense features Td
+    # Prompt templates for class names: "openai" (80), "simple" (7) or "single" ("a photo of a {}.").
+    cfg.MODEL.CLIPDISTILL.TEACHER.TEMPLATES = "openai"
+    # On-disk cache of text embeddings; "" means $XDG_CACHE_HOME/clipdistill/text_embeddings.
+    cfg.MODEL.CLIPDISTILL.TEACHER.TEXT_CACHE_DIR = ""
+
+    # ---- distillation losses (clipdistill/modeling/losses.py), already-weighted when logged ----
+    cfg.MODEL.CLIPDISTILL.LOSS = CN()
+    cfg.MODEL.CLIPDISTILL.LOSS.CE_WEIGHT = 1.0
+    cfg.MODEL.CLIPDISTILL.LOSS.GLOBAL_WEIGHT = 1.0
+    cfg.MODEL.CLIPDISTILL.LOSS.LOCAL_WEIGHT = 1.0
+    cfg.MODEL.CLIPDISTILL.LOSS.DENSE_WEIGHT = 0.0  # 0 disables loss_dense (and the dense teacher)
+    cfg.MODEL.CLIPDISTILL.LOSS.TEMPERATURE = 0.07  # tau of the InfoNCE losses
+    cfg.MODEL.CLIPDISTILL.LOSS.ATTN_TEMPERATURE = 0.07  # T_attn of loss_local's attention pooling
+    # Gather embeddings from all processes so InfoNCE sees the global batch as negatives.
+    cfg.MODEL.CLIPDISTILL.LOSS.GATHER = True
+
+    # ---- optimizer (clipdistill/engine/trainer.py) ----
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0  # lr factor of the (pretrained) backbone parameters

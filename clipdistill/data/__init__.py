@@ -1,0 +1,5 @@
+"""Data: dataset registration (on import), mappers, the toy dataset generator."""
+from . import datasets  # noqa: F401  (registers datasets)
+from .dataset_mappers import SemSegDatasetMapper, read_sem_seg_label
+
+__all__ = ["SemSegDatasetMapper", "read_sem_seg_label"]

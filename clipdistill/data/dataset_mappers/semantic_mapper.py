@@ -1,0 +1,166 @@
+"""Dataset mapper for semantic segmentation with 8- and 16-bit label maps.
+
+detectron2's default ``DatasetMapper`` reads labels in PIL mode "L" (8-bit), which corrupts the
+16-bit TIFF labels of PC-459 and ADE-847. This mapper reads labels unchanged, checks them against
+the image and the class list, and maps the dataset's ``ignore_label`` to the model's ignore value.
+"""
+import copy
+import logging
+from typing import List, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+__all__ = ["SemSegDatasetMapper", "read_sem_seg_label"]
+
+
+def read_sem_seg_label(path: str) -> np.ndarray:
+    """Read a label map without any mode conversion (uint8 PNG or uint16 TIFF)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im).copy()
+    except Exception as e:  # PIL raises several exception types for damaged files
+        raise OSError(f"Cannot read label map {path}: {e}") from e
+
+
+class SemSegDatasetMapper:
+    """Read one dataset dict, augment it, and produce the model's input dict.
+
+    Output: ``"image"`` (uint8 ``Tensor[3, H, W]`` in ``image_format``), ``"sem_seg"``
+    (``Tensor[int64] (H, W)`` with ignored pixels set to ``model_ignore_value``), plus every other
+    key of the input dict (``file_name``, ``height``, ``width``, ``dataset_name``...).
+
+    NOTE: this interface is experimental.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: List[T.Augmentation],
+        image_format: str,
+        num_classes: Optional[int],
+        ignore_label: int,
+        model_ignore_value: int,
+    ):
+        """
+        Args:
+            is_train (bool): training mode (labels are always loaded; the evaluator re-reads them).
+            augmentations (list[Augmentation]): geometric augmentations applied to image and label.
+            image_format (str): PIL image format, e.g. "RGB".
+            num_classes (int or None): labels must lie in ``[0, num_classes)`` or equal
+                ``ignore_label``; ``None`` skips the check.
+            ignore_label (int): the dataset's ignore value (255, or 65535 for 16-bit labels).
+            model_ignore_value (int): value the model uses for ignored pixels
+                (``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``).
+        """
+        if num_classes is not None and 0 <= model_ignore_value < num_classes:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE={model_ignore_value} is a valid class index of a "
+                f"dataset with {num_classes} classes; set it outside [0, {num_classes}), e.g. 65535"
+            )
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.num_classes = num_classes
+        self.ignore_label = ignore_label
+        self.model_ignore_value = model_ignore_value
+        logging.getLogger(__name__).info(
+            f"[SemSegDatasetMapper] augmentations ({'train' if is_train else 'test'}): "
+            f"{augmentations}"
+        )
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True, dataset_names=None):
+        if dataset_names is None:
+            dataset_names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST[:1]
+        metas = [MetadataCatalog.get(n) for n in dataset_names]
+        ignore = {m.get("ignore_label", 255) for m in metas}
+        ncls = {len(m.stuff_classes) for m in metas if m.get("stuff_classes") is not None}
+        if len(ignore) > 1 or len(ncls) > 1:
+            raise ValueError(
+                f"Datasets {list(dataset_names)} mix ignore labels {sorted(ignore)} or class "
+                f"counts {sorted(ncls)}; one mapper cannot serve them together"
+            )
+        if is_train:
+            augs = [
+                T.ResizeShortestEdge(
+                    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+                )
+            ]
+            if cfg.INPUT.CROP.ENABLED:
+                augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+            if cfg.INPUT.RANDOM_FLIP != "none":
+                augs.append(
+                    T.RandomFlip(
+                        horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                        vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
+                    )
+                )
+        else:
+            augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+        return {
+            "is_train": is_train,
+            "augmentations": augs,
+            "image_format": cfg.INPUT.FORMAT,
+            "num_classes": ncls.pop() if ncls else None,
+            "ignore_label": ignore.pop(),
+            "model_ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        }
+
+    def _check_label(self, label: np.ndarray, label_path: str) -> None:
+        if self.num_classes is None:
+            return
+        values = np.unique(label)
+        bad = values[((values < 0) | (values >= self.num_classes)) & (values != self.ignore_label)]
+        if bad.size:
+            raise ValueError(
+                f"Label map {label_path} contains values {bad[:10].tolist()} outside the "
+                f"{self.num_classes} classes [0, {self.num_classes}) and the ignore label "
+                f"{self.ignore_label}"
+            )
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        file_name = dataset_dict["file_name"]
+        try:
+            image = utils.read_image(file_name, format=self.image_format)
+        except Exception as e:
+            raise OSError(f"Cannot read image {file_name}: {e}") from e
+        utils.check_image_size(dataset_dict, image)
+
+        label = None
+        label_path = dataset_dict.get("sem_seg_file_name")
+        if label_path is not None:
+            label = read_sem_seg_label(label_path)
+            if label.ndim != 2:
+                raise ValueError(
+                    f"Label map {label_path} has shape {label.shape}; expected a single channel"
+                )
+            if label.shape != image.shape[:2]:
+                raise ValueError(
+                    f"Image {file_name} is {image.shape[1]}x{image.shape[0]} (WxH) but its label "
+                    f"{label_path} is {label.shape[1]}x{label.shape[0]}"
+                )
+            self._check_label(label, label_path)
+            # float64 keeps every 16-bit value exact through detectron2's non-uint8 resize path
+            label = label.astype(np.float64)
+
+        aug_input = T.AugInput(image, sem_seg=label)
+        self.augmentations(aug_input)
+        image = aug_input.image
+        # Pytorch's dataloader is efficient on torch.Tensor due to shared-memory,
+        # but not efficient on large generic data structures due to the use of pickle & mmap.
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if aug_input.sem_seg is not None:
+            sem_seg = torch.as_tensor(np.ascontiguousarray(aug_input.sem_seg)).long()
+            sem_seg[sem_seg == self.ignore_label] = self.model_ignore_value
+            dataset_dict["sem_seg"] = sem_seg
+        return dataset_dict

@@ -1,0 +1,152 @@
+"""``Trainer(DefaultTrainer)`` for clipdistill: mapper, evaluator, optimizer groups, CPU DDP."""
+import copy
+import itertools
+import logging
+import os
+import weakref
+from collections import OrderedDict
+
+import torch
+from tabulate import tabulate
+from torch.nn.parallel import DistributedDataParallel
+
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.evaluation import SemSegEvaluator
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..data import SemSegDatasetMapper
+from .checkpoint import StudentCheckpointer
+
+__all__ = ["Trainer", "create_ddp_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """Wrap in ``DistributedDataParallel`` when several processes run.
+
+    Unlike detectron2's version, ``device_ids`` is only passed for CUDA models, so a CPU run with
+    ``--num-gpus N`` works (gloo backend, chosen by detectron2's ``launch`` without GPUs).
+    """
+    if comm.get_world_size() == 1:
+        return model
+    if next(model.parameters()).device.type == "cuda":
+        kwargs.setdefault("device_ids", [comm.get_local_rank()])
+    return DistributedDataParallel(model, **kwargs)
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with the semantic mapper, ``SemSegEvaluator``, backbone lr multiplier, a
+    logged parameter-group table, student-only strict checkpoints and CPU multi-process."""
+
+    def __init__(self, cfg):
+        # Same as DefaultTrainer.__init__, but with a DDP wrapper that works on CPU and a strict,
+        # student-only checkpointer.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(
+            model,
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.MODEL.CLIPDISTILL.LOSS.CE_WEIGHT == 0,
+        )
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = StudentCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=SemSegDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        # Each dict carries its dataset name, so the model scores it against that dataset's
+        # vocabulary (several test sets with different classes in one run).
+        dicts = [dict(d, dataset_name=dataset_name) for d in DatasetCatalog.get(dataset_name)]
+        mapper = SemSegDatasetMapper(cfg, False, dataset_names=[dataset_name])
+        return build_detection_test_loader(dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: str = None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+            if len(cfg.DATASETS.TEST) > 1:
+                output_folder = os.path.join(output_folder, dataset_name)
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
+        if evaluator_type != "sem_seg":
+            raise NotImplementedError(
+                f"Dataset '{dataset_name}' has evaluator_type={evaluator_type!r}; clipdistill "
+                f"evaluates semantic segmentation ('sem_seg') datasets only"
+            )
+        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """Backbone parameters get ``SOLVER.BACKBONE_MULTIPLIER``; norms/biases detectron2's
+        defaults; frozen parameters (the teacher) are never included. The groups are logged."""
+        multiplier = cfg.SOLVER.BACKBONE_MULTIPLIER
+
+        def lr_factor(name):
+            return multiplier if name.startswith("backbone.") else 1.0
+
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+            lr_factor_func=lr_factor,
+        )
+        cls._log_param_table(model, lr_factor, cfg)
+        name = cfg.SOLVER.OPTIMIZER.upper()
+        if name == "SGD":
+            opt = torch.optim.SGD(params, cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
+                                  nesterov=cfg.SOLVER.NESTEROV)
+        elif name == "ADAMW":
+            opt = torch.optim.AdamW(params, cfg.SOLVER.BASE_LR)
+        else:
+            raise ValueError(f"SOLVER.OPTIMIZER={cfg.SOLVER.OPTIMIZER!r}: use 'ADAMW' or 'SGD'")
+        return maybe_add_gradient_clipping(cfg, opt)
+
+    @staticmethod
+    def _log_param_table(model, lr_factor, cfg) -> None:
+        rows = OrderedDict()
+        frozen = 0
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                frozen += p.numel()
+                continue
+            top = name.split(".")[0]
+            if top == "backbone":
+                top = "backbone"
+            row = rows.setdefault(top, [top, 0, 0, cfg.SOLVER.BASE_LR * lr_factor(name)])
+            row[1] += 1
+            row[2] += p.numel()
+        total = sum(r[2] for r in rows.values())
+        table = tabulate(
+            [r[:2] + [f"{r[2]:,}", f"{r[3]:.3g}"] for r in rows.values()],
+            headers=["module", "#tensors", "#params", "lr (weights)"],
+        )
+        logger.info(
+            f"Optimizer parameter groups:\n{table}\ntrainable params: {total:,}; "
+            f"frozen (not optimized, e.g. the CLIP teacher): {frozen:,}"
+        )

@@ -1,0 +1,3 @@
+from .seg_student import SegStudent
+
+__all__ = ["SegStudent"]

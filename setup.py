@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+from setuptools import find_packages, setup
+
+setup(
+    name="clipdistill",
+    version="0.1.0",
+    description="Distill CLIP into small, fast open-vocabulary segmentation models (detectron2 plugin)",
+    packages=find_packages(exclude=("configs", "tests*", "tools", "datasets")),
+    package_data={
+        "clipdistill": [
+            "data/datasets/class_names/*.txt",
+            "data/datasets/class_names/*.tsv",
+            "modeling/teacher/model_configs/*.json",
+        ]
+    },
+    python_requires=">=3.9",
+    # detectron2 is not on PyPI under its own name: install it first (README "Install").
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "open_clip_torch>=2.24",
+        "timm>=1.0",
+        "fvcore",
+        "iopath",
+        "opencv-python-headless",
+        "safetensors",
+        "tabulate",
+        "tqdm",
+        "Pillow",
+        "scipy",
+    ],
+    extras_require={"dev": ["pytest", "black", "flake8", "isort"]},
+)
