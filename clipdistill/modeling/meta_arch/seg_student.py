@@ -23,6 +23,13 @@ __all__ = ["SegStudent"]
 logger = logging.getLogger(__name__)
 
 
+def _teacher_keys_are_not_expected(module, incompatible_keys) -> None:
+    # The frozen teacher is not part of the student's state (CLIPTeacher.state_dict is empty), so
+    # its keys are never "missing" from a student checkpoint: strict loading stays meaningful.
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if not k.startswith("teacher.")]
+
+
 @META_ARCH_REGISTRY.register()
 class SegStudent(nn.Module):
     """Student ``backbone -> proj -> clip_proj -> seg_head`` distilled from a frozen CLIP teacher.
@@ -82,6 +89,7 @@ class SegStudent(nn.Module):
         self.temperature = temperature
         self.attn_temperature = attn_temperature
         self.gather = gather
+        self.register_load_state_dict_post_hook(_teacher_keys_are_not_expected)
 
     @classmethod
     def from_config(cls, cfg):
@@ -218,7 +226,7 @@ class SegStudent(nn.Module):
                                            align_corners=False))
             losses["loss_dense"] = w["loss_dense"] * L.dense_loss(torch.cat(crops), td)
         if self.seg_head.open_vocabulary:
-            get_event_storage().put_scalar("logit_scale", float(self.seg_head.logit_scale))
+            get_event_storage().put_scalar("logit_scale", float(self.seg_head.logit_scale.detach()))
         return losses
 
     # ---------------------------------------------------------------- inference

@@ -1,0 +1,53 @@
+"""Shared helpers for the tests: tiny offline configs and synthetic data."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test never touches the network
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from clipdistill.engine.setup import get_clipdistill_cfg  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+
+# offline, tiny: timm's test_efficientnet (82k params) + the tiny random CLIP teacher
+TINY_OPTS = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.TIMM.NAME", "test_efficientnet",
+    "MODEL.TIMM.WEIGHTS", "",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "16",
+    "MODEL.CLIPDISTILL.TEACHER.NAME", "ViT-T-16-toy",
+    "MODEL.CLIPDISTILL.TEACHER.WEIGHTS", "",
+    "MODEL.CLIPDISTILL.TEACHER.TEMPLATES", "single",
+    "MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE", "64",
+]
+
+
+def tiny_cfg(*opts, config_file=os.path.join(CONFIGS, "voc_toy.yaml")):
+    """The toy config made tiny and offline, plus ``opts``."""
+    return get_clipdistill_cfg(config_file, TINY_OPTS + list(opts))
+
+
+def random_inputs(sizes, num_classes=20, ignore=255, seed=0):
+    """Model inputs (uint8 images, int64 labels with some ignored pixels) of the given sizes."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for h, w in sizes:
+        label = torch.randint(0, num_classes, (h, w), generator=g)
+        label[:2] = ignore
+        out.append(
+            {
+                "image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
+                "sem_seg": label,
+                "height": h,
+                "width": w,
+            }
+        )
+    return out
+
+
+def write_image(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.asarray(array)).save(path)
