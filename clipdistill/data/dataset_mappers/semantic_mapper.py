@@ -52,7 +52,9 @@ class SemSegDatasetMapper:
     ):
         """
         Args:
-            is_train (bool): training mode (labels are always loaded; the evaluator re-reads them).
+            is_train (bool): training mode. At test time labels are still read and checked (the
+                evaluator would silently mis-count bad values) but not returned: the evaluator
+                re-reads them from disk.
             augmentations (list[Augmentation]): geometric augmentations applied to image and label.
             image_format (str): PIL image format, e.g. "RGB".
             num_classes (int or None): labels must lie in ``[0, num_classes)`` or equal
@@ -61,7 +63,7 @@ class SemSegDatasetMapper:
             model_ignore_value (int): value the model uses for ignored pixels
                 (``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``).
         """
-        if num_classes is not None and 0 <= model_ignore_value < num_classes:
+        if is_train and num_classes is not None and 0 <= model_ignore_value < num_classes:
             raise ValueError(
                 f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE={model_ignore_value} is a valid class index of a "
                 f"dataset with {num_classes} classes; set it outside [0, {num_classes}), e.g. 65535"
@@ -138,7 +140,7 @@ class SemSegDatasetMapper:
 
         label = None
         label_path = dataset_dict.get("sem_seg_file_name")
-        if label_path is not None:
+        if label_path is not None:  # read even at test time: size and value checks
             label = read_sem_seg_label(label_path)
             if label.ndim != 2:
                 raise ValueError(
@@ -159,7 +161,7 @@ class SemSegDatasetMapper:
         # Pytorch's dataloader is efficient on torch.Tensor due to shared-memory,
         # but not efficient on large generic data structures due to the use of pickle & mmap.
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        if aug_input.sem_seg is not None:
+        if self.is_train and aug_input.sem_seg is not None:
             sem_seg = torch.as_tensor(np.ascontiguousarray(aug_input.sem_seg)).long()
             sem_seg[sem_seg == self.ignore_label] = self.model_ignore_value
             dataset_dict["sem_seg"] = sem_seg

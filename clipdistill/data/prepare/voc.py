@@ -1,16 +1,29 @@
 """PASCAL VOC 2012: raw ``SegmentationClass`` PNGs -> VOC-20 labels (background ignored).
 
-Raw encoding: 0 = background, 1..20 = classes, 255 = void. VOC-20 (SAN/OVSeg/CAT-Seg convention):
-0 -> 255, k -> k - 1, 255 -> 255, written to ``annotations_detectron2/<split>/<id>.png``.
+``$DETECTRON2_DATASETS/VOCdevkit/VOC2012`` (VOCtrainval_11-May-2012.tar)::
+
+    JPEGImages/*.jpg
+    SegmentationClass/*.png                 palette PNG: 0 = background, 1..20, 255 = void
+    ImageSets/Segmentation/{train,val}.txt
+    annotations_detectron2/{train,val}      generated: 0 -> 255, k -> k-1, 255 -> 255
+
+The VOC-20 convention is SAN's, OVSeg's and CAT-Seg's. VOC-21 (``voc21_*``) reads
+``SegmentationClass`` as is (background = class 0, FC-CLIP's convention) and needs no conversion.
 """
 import os
-from typing import List
+import sys
+from typing import List, Sequence
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-__all__ = ["voc_to_voc20", "read_split_ids", "prepare_voc20"]
+from ..datasets.common import datasets_root
+from .common import PrepareError, atomic_save, base_argument_parser, output_is_complete
+from .common import read_id_list, read_label, remove_stale_temps
+
+__all__ = ["voc_to_voc20", "read_split_ids", "prepare_voc20", "main"]
+
+VOC_SUBDIR = os.path.join("VOCdevkit", "VOC2012")
 
 
 def voc_to_voc20(label: np.ndarray) -> np.ndarray:
@@ -28,48 +41,57 @@ def read_split_ids(voc_root: str, split: str) -> List[str]:
     """Image ids listed in ``ImageSets/Segmentation/<split>.txt``."""
     path = os.path.join(voc_root, "ImageSets", "Segmentation", f"{split}.txt")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"VOC split list {path} does not exist")
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
+        raise PrepareError(f"VOC split list {path} does not exist")
+    return read_id_list(path, f"VOC {split} list")
 
 
-def _read_label(path: str) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im)
-    except Exception as e:  # PIL raises several types for truncated/garbage files
-        raise ValueError(f"cannot read VOC label {path}: {e}") from e
-
-
-def prepare_voc20(voc_root: str, splits=("train", "val"), progress: bool = True) -> int:
+def prepare_voc20(voc_root: str, splits: Sequence[str] = ("train", "val"),
+                  progress: bool = True) -> int:
     """Write VOC-20 labels for ``splits``; skips finished files, writes atomically.
 
     Args:
         voc_root (str): the ``VOCdevkit/VOC2012`` folder.
+        splits: split lists to convert.
+        progress (bool): show a progress bar.
     Returns:
         int: number of files written (0 when everything was already there).
     """
     src_dir = os.path.join(voc_root, "SegmentationClass")
     if not os.path.isdir(src_dir):
-        raise FileNotFoundError(f"{src_dir} does not exist: extract VOCtrainval_11-May-2012.tar")
+        raise PrepareError(f"{src_dir} does not exist: extract VOCtrainval_11-May-2012.tar")
     written = 0
     for split in splits:
         out_dir = os.path.join(voc_root, "annotations_detectron2", split)
         os.makedirs(out_dir, exist_ok=True)
-        ids = read_split_ids(voc_root, split)
-        for image_id in tqdm(ids, desc=f"VOC-20 {split}", disable=not progress):
+        remove_stale_temps(out_dir)
+        for image_id in tqdm(read_split_ids(voc_root, split), desc=f"VOC-20 {split}",
+                             disable=not progress):
             dst = os.path.join(out_dir, image_id + ".png")
-            if os.path.isfile(dst):
+            if output_is_complete(dst):
                 continue
             src = os.path.join(src_dir, image_id + ".png")
             if not os.path.isfile(src):
-                raise FileNotFoundError(f"VOC label {src} (listed in {split}.txt) is missing")
+                raise PrepareError(f"VOC label {src} (listed in {split}.txt) is missing")
             try:
-                out = voc_to_voc20(_read_label(src))
+                out = voc_to_voc20(read_label(src, "VOC label"))
             except ValueError as e:
-                raise ValueError(f"{src}: {e}") from e
-            tmp = dst + ".tmp.png"
-            Image.fromarray(out).save(tmp)
-            os.replace(tmp, dst)
+                raise PrepareError(f"{src}: {e}") from e
+            atomic_save(dst, out)
             written += 1
     return written
+
+
+def main(argv=None) -> int:
+    parser = base_argument_parser(
+        "VOC 2012: write VOCdevkit/VOC2012/annotations_detectron2 (VOC-20: 0 -> 255, k -> k-1).",
+        datasets_root(),
+    )
+    parser.add_argument("--splits", nargs="+", default=["train", "val"])
+    args = parser.parse_args(argv)
+    try:
+        n = prepare_voc20(os.path.join(args.root, VOC_SUBDIR), args.splits)
+    except PrepareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"VOC-20: wrote {n} label maps")
+    return 0

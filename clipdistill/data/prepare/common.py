@@ -1,0 +1,202 @@
+"""Helpers shared by the dataset preparation scripts (``datasets/prepare_*.py``).
+
+Every converter follows the same rules:
+
+- inputs are read with :func:`read_label` / :func:`read_image`, which raise :class:`PrepareError`
+  naming the file when it is missing or cannot be decoded (e.g. a truncated PNG);
+- outputs are written with :func:`atomic_save` (temporary file in the same folder, then
+  ``os.replace``), so an interrupted run never leaves a half-written output under its final name;
+- a re-run skips outputs that already exist and decode (:func:`output_is_complete`), and
+  regenerates the others; stale temporary files of an interrupted run are removed
+  (:func:`remove_stale_temps`).
+"""
+
+import argparse
+import logging
+import multiprocessing
+import os
+from typing import Callable, Iterable, List, Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+__all__ = [
+    "PrepareError",
+    "TEMP_SUFFIX",
+    "atomic_save",
+    "atomic_write_text",
+    "output_is_complete",
+    "remove_stale_temps",
+    "read_image",
+    "read_label",
+    "read_id_list",
+    "make_lut",
+    "run_jobs",
+    "base_argument_parser",
+]
+
+logger = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".tmp"
+_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+class PrepareError(RuntimeError):
+    """A missing or damaged input (the message names the file), or an inconsistent dataset."""
+
+
+def _temp_path(path: str) -> str:
+    folder, base = os.path.split(path)
+    # deterministic: a re-run overwrites the leftovers of an interrupted run
+    return os.path.join(folder, f".{base}{TEMP_SUFFIX}")
+
+
+def atomic_save(path: str, data: Union[np.ndarray, Image.Image], **save_kwargs) -> None:
+    """Save an image or array to ``path`` atomically (temp file in the same folder + rename).
+
+    Args:
+        path (str): final file name; its extension (.png, .tif, .jpg) picks the format.
+        data (ndarray or PIL.Image): uint8 (H,W) / (H,W,3) or uint16 (H,W) arrays, or an image.
+            uint16 arrays are stored as 16-bit (PIL mode ``I;16``), so only PNG/TIFF fit them.
+        save_kwargs: passed to ``PIL.Image.save`` (e.g. ``quality`` for JPEG).
+    """
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _FORMATS:
+        raise ValueError(f"atomic_save: unsupported extension {ext!r} for {path}")
+    if isinstance(data, np.ndarray):
+        if data.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"atomic_save: expected uint8 or uint16, got {data.dtype} for {path}")
+        image = Image.fromarray(data)
+    else:
+        image = data
+    tmp = _temp_path(path)
+    try:
+        image.save(tmp, format=_FORMATS[ext], **save_kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str, lines: Iterable[str]) -> None:
+    """Write text lines to ``path`` atomically."""
+    tmp = _temp_path(path)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(f"{line}\n" for line in lines)
+    os.replace(tmp, path)
+
+
+def output_is_complete(path: str) -> bool:
+    """True when ``path`` exists and decodes (PNG: all chunk CRCs; others: full decode)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return False
+    try:
+        with Image.open(path) as im:
+            if im.format == "PNG":
+                im.verify()
+            else:
+                im.load()
+    except Exception:
+        return False
+    return True
+
+
+def remove_stale_temps(folder: str) -> int:
+    """Delete temporary files that an interrupted run left in ``folder``; returns their count."""
+    if not os.path.isdir(folder):
+        return 0
+    n = 0
+    with os.scandir(folder) as it:
+        for entry in it:
+            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX):
+                os.remove(entry.path)
+                n += 1
+    if n:
+        logger.info("Removed %d stale temporary files in %s", n, folder)
+    return n
+
+
+def _open(path: str, what: str) -> Image.Image:
+    if not os.path.isfile(path):
+        raise PrepareError(f"Missing {what}: {path}")
+    try:
+        im = Image.open(path)
+        im.load()
+    except Exception as e:
+        raise PrepareError(f"Damaged or unreadable {what}: {path} ({e})") from e
+    return im
+
+
+def read_label(path: str, what: str = "label map") -> np.ndarray:
+    """Read a single-channel label image (8-bit ``L``/``P`` or 16-bit) without conversion.
+
+    Palette PNGs give their indices, as in detectron2's evaluator. Raises :class:`PrepareError`
+    naming ``path`` when it is missing, cannot be decoded, or is not single-channel.
+    """
+    with _open(path, what) as im:
+        if im.mode not in ("L", "P", "I;16", "I;16B", "I;16L", "I", "1"):
+            raise PrepareError(f"Expected a single-channel {what}, got mode {im.mode}: {path}")
+        return np.asarray(im)
+
+
+def read_image(path: str, mode: Optional[str] = None, what: str = "image") -> np.ndarray:
+    """Read an image as an array (optionally converted to ``mode``, e.g. ``"RGB"``)."""
+    with _open(path, what) as im:
+        if mode is not None and im.mode != mode:
+            im = im.convert(mode)
+        return np.asarray(im)
+
+
+def read_id_list(path: str, what: str = "id list") -> List[str]:
+    """Read a list of file stems (one a line, blank lines ignored)."""
+    if not os.path.isfile(path):
+        raise PrepareError(f"Missing {what}: {path}")
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def make_lut(mapping: dict, size: int, fill: int, dtype=np.uint8) -> np.ndarray:
+    """A lookup table ``lut[src] = dst`` of length ``size``; unmapped entries are ``fill``."""
+    lut = np.full(size, fill, dtype=dtype)
+    for src, dst in mapping.items():
+        lut[src] = dst
+    return lut
+
+
+def run_jobs(
+    fn: Callable, jobs: Sequence, desc: str, workers: int = 1, chunksize: int = 16
+) -> List:
+    """Run ``fn(job)`` for every job with a tqdm bar, in ``workers`` processes if > 1.
+
+    The first exception (e.g. :class:`PrepareError`) stops the run and is re-raised.
+    Returns the results in completion order.
+    """
+    results = []
+    if workers <= 1 or len(jobs) < 2:
+        for job in tqdm(jobs, desc=desc, unit="file"):
+            results.append(fn(job))
+        return results
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        it = pool.imap_unordered(fn, jobs, chunksize=chunksize)
+        for r in tqdm(it, total=len(jobs), desc=desc, unit="file"):
+            results.append(r)
+    return results
+
+
+def base_argument_parser(description: str, default_root: str) -> argparse.ArgumentParser:
+    """``--root`` (default: the datasets root) and ``--workers``, shared by every script."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--root",
+        default=default_root,
+        help="datasets root (default: $DETECTRON2_DATASETS or ./datasets; now %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="worker processes (default: %(default)s)",
+    )
+    return parser
