@@ -24,6 +24,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..data import SemSegDatasetMapper
 from .checkpoint import StudentCheckpointer
+from .results import summarize_results, write_results
 
 __all__ = ["Trainer", "create_ddp_model"]
 
@@ -97,6 +98,20 @@ class Trainer(DefaultTrainer):
                 f"evaluates semantic segmentation ('sem_seg') datasets only"
             )
         return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's test loop over ``DATASETS.TEST`` (each dataset scored with its own
+        vocabulary), then one table dataset x mIoU/fwIoU/mACC/pACC, printed and written to
+        ``OUTPUT_DIR/inference/results.{json,csv}``."""
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and results:
+            per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
+            table = write_results(
+                summarize_results(per_dataset), os.path.join(cfg.OUTPUT_DIR, "inference")
+            )
+            logger.info(f"Evaluation summary ({len(per_dataset)} datasets):\n{table}")
+        return results
 
     @classmethod
     def build_optimizer(cls, cfg, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -1,0 +1,44 @@
+"""One table for an evaluation over several datasets: printed, and written as JSON and CSV."""
+import csv
+import json
+import os
+from typing import Dict, List
+
+import detectron2
+from tabulate import tabulate
+
+__all__ = ["summarize_results", "write_results"]
+
+METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
+
+
+def summarize_results(results: Dict[str, Dict]) -> List[Dict]:
+    """``{dataset: {"sem_seg": {...}}}`` -> one row per dataset with the four headline metrics."""
+    rows = []
+    for name, res in results.items():
+        sem = res.get("sem_seg", {}) if isinstance(res, dict) else {}
+        rows.append({"dataset": name, **{m: sem.get(m, float("nan")) for m in METRICS}})
+    return rows
+
+
+def write_results(rows: List[Dict], output_dir: str) -> str:
+    """Write ``results.json`` and ``results.csv`` in ``output_dir`` (atomically); return the
+    printed table. The JSON also records the detectron2 version (its mIoU definition changed
+    after v0.6, see docs)."""
+    os.makedirs(output_dir, exist_ok=True)
+    payload = {"detectron2_version": detectron2.__version__, "results": rows}
+    path = os.path.join(output_dir, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(path + ".tmp", path)
+    path = os.path.join(output_dir, "results.csv")
+    with open(path + ".tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["dataset", *METRICS])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    os.replace(path + ".tmp", path)
+    return tabulate(
+        [[r["dataset"], *(f"{r[m]:.2f}" for m in METRICS)] for r in rows],
+        headers=["dataset", *METRICS],
+    )
