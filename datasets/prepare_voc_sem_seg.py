@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """VOC 2012 → ``VOCdevkit/VOC2012/annotations_detectron2`` (VOC-20). See README.md."""
+
 import sys
 
 from clipdistill.data.prepare.voc import main

@@ -1,4 +1,5 @@
 """Shared helpers for the tests: tiny offline configs and synthetic data."""
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test never touches the network
@@ -14,14 +15,22 @@ CONFIGS = os.path.join(REPO, "configs")
 
 # offline, tiny: timm's test_efficientnet (82k params) + the tiny random CLIP teacher
 TINY_OPTS = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.TIMM.NAME", "test_efficientnet",
-    "MODEL.TIMM.WEIGHTS", "",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "16",
-    "MODEL.CLIPDISTILL.TEACHER.NAME", "ViT-T-16-toy",
-    "MODEL.CLIPDISTILL.TEACHER.WEIGHTS", "",
-    "MODEL.CLIPDISTILL.TEACHER.TEMPLATES", "single",
-    "MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE", "64",
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.TIMM.NAME",
+    "test_efficientnet",
+    "MODEL.TIMM.WEIGHTS",
+    "",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+    "16",
+    "MODEL.CLIPDISTILL.TEACHER.NAME",
+    "ViT-T-16-toy",
+    "MODEL.CLIPDISTILL.TEACHER.WEIGHTS",
+    "",
+    "MODEL.CLIPDISTILL.TEACHER.TEMPLATES",
+    "single",
+    "MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE",
+    "64",
 ]
 
 

@@ -1,4 +1,5 @@
 """Configs: every YAML loads and builds; unknown keys fail; no declared key is dead."""
+
 import glob
 import os
 import re
@@ -12,7 +13,8 @@ from clipdistill.config import add_clipdistill_config
 from common import CONFIGS, REPO, TINY_OPTS, tiny_cfg
 
 ALL_CONFIGS = sorted(
-    p for p in glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True)
+    p
+    for p in glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True)
     if not os.path.basename(p).startswith("Base-")
 )
 
@@ -21,9 +23,7 @@ ALL_CONFIGS = sorted(
 def test_every_config_loads_and_builds(path):
     # Architecture as configured, but weights made offline (no download in tests): the timm
     # backbone randomly initialised and the teacher replaced by the tiny toy CLIP.
-    cfg = tiny_cfg(
-        "MODEL.TIMM.NAME", get_cfg_value(path, "MODEL.TIMM.NAME"), config_file=path
-    )
+    cfg = tiny_cfg("MODEL.TIMM.NAME", get_cfg_value(path, "MODEL.TIMM.NAME"), config_file=path)
     model = build_model(cfg)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
 

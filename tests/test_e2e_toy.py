@@ -1,6 +1,7 @@
 """The embedded default, end to end through the command-line tools (subprocesses):
 generate the toy dataset, train, evaluate, re-evaluate the checkpoint with --eval-only, render,
 and a 2-process CPU (gloo) run."""
+
 import json
 import math
 import os
@@ -33,8 +34,18 @@ def toy(tmp_path_factory):
     env = dict(os.environ, DETECTRON2_DATASETS=str(root / "datasets"), HF_HUB_OFFLINE="1")
     _run(["tools/make_toy_dataset.py"], env)
     out = root / "train"
-    _run(["tools/train_net.py", "--config-file", CFG, "SOLVER.MAX_ITER", str(TOY_ITERS),
-          "OUTPUT_DIR", str(out)], env)
+    _run(
+        [
+            "tools/train_net.py",
+            "--config-file",
+            CFG,
+            "SOLVER.MAX_ITER",
+            str(TOY_ITERS),
+            "OUTPUT_DIR",
+            str(out),
+        ],
+        env,
+    )
     return root, env, out
 
 
@@ -87,8 +98,19 @@ def test_miou_matches_independent_computation_and_beats_chance(toy):
 def test_eval_only_reproduces_training_metrics(toy):
     _, env, out = toy
     ev = out.parent / "eval"
-    _run(["tools/train_net.py", "--config-file", CFG, "--eval-only",
-          "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(ev)], env)
+    _run(
+        [
+            "tools/train_net.py",
+            "--config-file",
+            CFG,
+            "--eval-only",
+            "MODEL.WEIGHTS",
+            str(out / "model_final.pth"),
+            "OUTPUT_DIR",
+            str(ev),
+        ],
+        env,
+    )
     a = torch.load(out / "inference" / "sem_seg_evaluation.pth", weights_only=False)
     b = torch.load(ev / "inference" / "sem_seg_evaluation.pth", weights_only=False)
     assert a.keys() == b.keys()
@@ -99,10 +121,24 @@ def test_eval_only_reproduces_training_metrics(toy):
 def test_eval_only_rejects_mismatching_checkpoint(toy):
     _, env, out = toy
     proc = subprocess.run(
-        [sys.executable, "tools/train_net.py", "--config-file", CFG, "--eval-only",
-         "MODEL.WEIGHTS", str(out / "model_final.pth"), "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-         "OUTPUT_DIR", str(out.parent / "bad_eval")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "tools/train_net.py",
+            "--config-file",
+            CFG,
+            "--eval-only",
+            "MODEL.WEIGHTS",
+            str(out / "model_final.pth"),
+            "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+            "32",
+            "OUTPUT_DIR",
+            str(out.parent / "bad_eval"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode != 0
     assert "does not match the model" in proc.stderr and "shape mismatches" in proc.stderr
@@ -111,9 +147,20 @@ def test_eval_only_rejects_mismatching_checkpoint(toy):
 def test_render_predictions(toy):
     _, env, out = toy
     viz = out.parent / "viz"
-    _run(["tools/visualize_json_results.py", "--input",
-          str(out / "inference" / "sem_seg_predictions.json"), "--output", str(viz),
-          "--dataset", "voc20_toy_sem_seg_val", "--limit", "3"], env)
+    _run(
+        [
+            "tools/visualize_json_results.py",
+            "--input",
+            str(out / "inference" / "sem_seg_predictions.json"),
+            "--output",
+            str(viz),
+            "--dataset",
+            "voc20_toy_sem_seg_val",
+            "--limit",
+            "3",
+        ],
+        env,
+    )
     files = sorted(viz.glob("*.png"))
     assert len(files) == 3
     im = Image.open(files[0])
@@ -124,9 +171,22 @@ def test_two_process_cpu_training(toy):
     """--num-gpus 2 on a CPU-only machine: two gloo processes, DDP, gathered InfoNCE."""
     _, env, out = toy
     ddp = out.parent / "ddp"
-    proc = _run(["tools/train_net.py", "--config-file", CFG, "--num-gpus", "2",
-                 "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "4", "OUTPUT_DIR", str(ddp)],
-                env)
+    proc = _run(
+        [
+            "tools/train_net.py",
+            "--config-file",
+            CFG,
+            "--num-gpus",
+            "2",
+            "SOLVER.MAX_ITER",
+            "4",
+            "SOLVER.IMS_PER_BATCH",
+            "4",
+            "OUTPUT_DIR",
+            str(ddp),
+        ],
+        env,
+    )
     log = proc.stdout + proc.stderr
     assert "world size: 2" in log.lower() or "rank 1" in log.lower() or (ddp / "log.txt").exists()
     assert (ddp / "model_final.pth").exists()

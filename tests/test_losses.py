@@ -1,6 +1,6 @@
 """Losses against values computed by hand on small tensors."""
+
 import math
-import os
 import socket
 
 import pytest
@@ -99,8 +99,9 @@ def _free_port():
 
 
 def _gather_worker(rank, world, port, a_all, b_all, out):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     n = a_all.shape[0] // world
     a = a_all[rank * n : (rank + 1) * n].clone().requires_grad_(True)
     b = b_all[rank * n : (rank + 1) * n]

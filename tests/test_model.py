@@ -1,6 +1,6 @@
 """SegStudent end to end on random weights: shapes, gradients, frozen teacher, checkpoints."""
+
 import copy
-import os
 
 import pytest
 import torch

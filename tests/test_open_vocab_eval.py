@@ -1,4 +1,5 @@
 """One --eval-only run over several datasets, each scored with its own vocabulary."""
+
 import csv
 import json
 import os
@@ -47,11 +48,16 @@ def two_datasets(tmp_path):
 
 def test_eval_several_datasets_one_table(two_datasets, tmp_path):
     cfg = tiny_cfg(
-        "DATASETS.TRAIN", f"('{NAMES[0]}',)",
-        "DATASETS.TEST", f"('{NAMES[1]}', '{NAMES[2]}')",
-        "INPUT.MIN_SIZE_TEST", "64",
-        "OUTPUT_DIR", str(tmp_path / "out"),
-        "DATALOADER.NUM_WORKERS", "0",
+        "DATASETS.TRAIN",
+        f"('{NAMES[0]}',)",
+        "DATASETS.TEST",
+        f"('{NAMES[1]}', '{NAMES[2]}')",
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        "DATALOADER.NUM_WORKERS",
+        "0",
     )
     model = build_model(cfg).eval()
     calls = []

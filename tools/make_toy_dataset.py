@@ -5,6 +5,7 @@
 
 Registered as voc20_toy_sem_seg_{train,val}. Re-running keeps existing files.
 """
+
 import argparse
 import os
 

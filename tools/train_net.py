@@ -3,10 +3,12 @@
 
     python tools/train_net.py --config-file configs/voc_toy.yaml
     python tools/train_net.py --config-file configs/voc.yaml --num-gpus 8
-    python tools/train_net.py --config-file configs/voc.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
+    python tools/train_net.py --config-file configs/voc.yaml --eval-only \
+        MODEL.WEIGHTS out/model_final.pth
 
 ``--num-gpus N`` starts N processes (NCCL on GPUs, gloo on a CPU-only machine).
 """
+
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm

@@ -6,6 +6,7 @@ converted by the same code as VOC (``clipdistill.data.prepare.voc.prepare_voc20`
 by the same code (``voc20_toy_sem_seg_{train,val}``). Each toy class has its own colour and
 texture, so a small model learns it in minutes on a CPU.
 """
+
 import os
 from typing import Dict
 
@@ -64,8 +65,16 @@ def _make_sample(size, rng):
         cx, cy = rng.integers(size // 6, size - size // 6, 2)
         ax, ay = rng.integers(size // 8, size // 3, 2)
         if rng.random() < 0.5:
-            cv2.ellipse(mask, (int(cx), int(cy)), (int(ax), int(ay)), float(rng.uniform(0, 180)),
-                        0, 360, 1, -1)
+            cv2.ellipse(
+                mask,
+                (int(cx), int(cy)),
+                (int(ax), int(ay)),
+                float(rng.uniform(0, 180)),
+                0,
+                360,
+                1,
+                -1,
+            )
         else:
             cv2.rectangle(mask, (int(cx - ax), int(cy - ay)), (int(cx + ax), int(cy + ay)), 1, -1)
         color, period, angle = TOY_CLASSES[int(k)]

@@ -1,4 +1,5 @@
 """Checkpointing of the student only, with strict loading."""
+
 import os
 from typing import Any, Dict
 
@@ -33,7 +34,7 @@ class StudentCheckpointer(DetectionCheckpointer):
         state = checkpoint["model"]
         prefix = "module."
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
             checkpoint["model"] = state
         expected = self.model.state_dict()
         missing = sorted(set(expected) - set(state))
@@ -46,7 +47,9 @@ class StudentCheckpointer(DetectionCheckpointer):
         if missing or unexpected or shapes:
 
             def fmt(items):
-                return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+                return ", ".join(items[:8]) + (
+                    f" (+{len(items) - 8} more)" if len(items) > 8 else ""
+                )
 
             parts = []
             if missing:
@@ -57,7 +60,8 @@ class StudentCheckpointer(DetectionCheckpointer):
                 parts.append(f"shape mismatches [{fmt(shapes)}]")
             raise CheckpointMismatchError(
                 f"Checkpoint {getattr(self, '_loading_path', '?')} does not match the model "
-                f"built from the config: " + "; ".join(parts)
+                f"built from the config: "
+                + "; ".join(parts)
                 + ". Use the config the checkpoint was trained with."
             )
         return super()._load_model(checkpoint)

@@ -1,4 +1,5 @@
 """One table for an evaluation over several datasets: printed, and written as JSON and CSV."""
+
 import csv
 import json
 import os

@@ -1,4 +1,5 @@
 """Config set-up shared by every tool (train_net, demo, benchmark...)."""
+
 import logging
 import os
 

@@ -1,4 +1,5 @@
 """``proj`` of the student: fuse multi-scale backbone features into one map at a common stride."""
+
 from typing import Dict, List
 
 import torch
@@ -39,13 +40,26 @@ class FusionNeck(nn.Module):
         self.common_stride = common_stride
         self.lateral = nn.ModuleDict(
             {
-                f: Conv2d(input_shape[f].channels, conv_dim, 1, bias=not norm,
-                          norm=get_norm(norm, conv_dim), activation=F.relu)
+                f: Conv2d(
+                    input_shape[f].channels,
+                    conv_dim,
+                    1,
+                    bias=not norm,
+                    norm=get_norm(norm, conv_dim),
+                    activation=F.relu,
+                )
                 for f in self.in_features
             }
         )
-        self.output = Conv2d(conv_dim, conv_dim, 3, padding=1, bias=not norm,
-                             norm=get_norm(norm, conv_dim), activation=F.relu)
+        self.output = Conv2d(
+            conv_dim,
+            conv_dim,
+            3,
+            padding=1,
+            bias=not norm,
+            norm=get_norm(norm, conv_dim),
+            activation=F.relu,
+        )
         self.out_channels = conv_dim
 
     @classmethod

@@ -3,6 +3,7 @@
 Notation (DESIGN.md): ``F`` student features ``[B, C, L]`` (L locations, L2-normalised per
 location), ``Cg`` teacher global embeddings ``[B, C]``, ``Td`` teacher dense features.
 """
+
 from typing import Optional
 
 import torch

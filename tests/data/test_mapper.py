@@ -1,4 +1,5 @@
 """SemSegDatasetMapper: 8/16-bit labels, consistent geometry, and clear errors on bad input."""
+
 import numpy as np
 import pytest
 import torch
@@ -27,8 +28,12 @@ def _pair(tmp_path, label, image_hw=None, name="a"):
     Image.fromarray(img).save(tmp_path / f"{name}.png")
     lab_path = tmp_path / f"{name}_label{'.tif' if label.dtype == np.uint16 else '.png'}"
     Image.fromarray(label).save(lab_path)
-    return {"file_name": str(tmp_path / f"{name}.png"), "sem_seg_file_name": str(lab_path),
-            "height": h, "width": w}
+    return {
+        "file_name": str(tmp_path / f"{name}.png"),
+        "sem_seg_file_name": str(lab_path),
+        "height": h,
+        "width": w,
+    }
 
 
 def test_reads_8bit_and_maps_ignore(tmp_path):
@@ -102,4 +107,5 @@ def test_test_mode_checks_labels_but_does_not_return_them(tmp_path):
     label[0, 0] = 500
     with pytest.raises(ValueError, match=r"\[500\]"):
         _mapper(num_classes=459, ignore=65535, model_ignore=255, is_train=False)(
-            _pair(tmp_path, label, name="c"))
+            _pair(tmp_path, label, name="c")
+        )

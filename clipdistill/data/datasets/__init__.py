@@ -1,4 +1,5 @@
 """Importing this package registers every dataset (root: ``$DETECTRON2_DATASETS``)."""
+
 from . import register_ade20k  # noqa: F401
 from . import register_coco_stuff  # noqa: F401
 from . import register_pcontext  # noqa: F401

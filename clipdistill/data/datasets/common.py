@@ -3,6 +3,7 @@
 Registration never opens an image: loaders only list files (detectron2's rule), and they run
 lazily when ``DatasetCatalog.get(name)`` is called, which is where a missing folder is reported.
 """
+
 import colorsys
 import os
 from typing import Callable, Dict, List, Optional, Sequence
@@ -118,7 +119,9 @@ def list_sem_seg_files(
             continue
         records.append({"file_name": image, "sem_seg_file_name": label})
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
         raise FileNotFoundError(
             f"Dataset '{dataset_name}': {len(missing)} of {len(ids)} listed files are missing: "
             f"{shown}.{hint}"

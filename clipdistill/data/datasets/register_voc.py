@@ -9,17 +9,19 @@ Names (none collides with detectron2's ``voc_2012_*`` *detection* datasets):
 - ``voc20_toy_sem_seg_{train,val}``: the embedded toy dataset (``tools/make_toy_dataset.py``), same
   layout and same code, under ``<root>/voc_toy``.
 """
+
 import os
 
 from .common import datasets_root, list_sem_seg_files, load_class_names, register_sem_seg
 
-__all__ = ["register_voc", "register_all_voc", "VOC_SUBDIR", "VOC_TOY_SUBDIR"]
+__all__ = ["register_voc", "register_all_voc", "voc_split_ids", "VOC_SUBDIR", "VOC_TOY_SUBDIR"]
 
 VOC_SUBDIR = os.path.join("VOCdevkit", "VOC2012")
 VOC_TOY_SUBDIR = os.path.join("voc_toy", "VOCdevkit", "VOC2012")
 
 
-def _split_ids(voc_root, split, dataset_name, hint):
+def voc_split_ids(voc_root: str, split: str, dataset_name: str, hint: str):
+    """Ids in ``ImageSets/Segmentation/<split>.txt``; a missing list names the dataset and file."""
     path = os.path.join(voc_root, "ImageSets", "Segmentation", f"{split}.txt")
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -53,7 +55,7 @@ def register_voc(prefix: str, voc_root: str, prepare_hint: str) -> None:
             gt_root = os.path.join(voc_root, gt_pattern.format(split=split))
 
             def load(name=name, split=split, gt_root=gt_root):
-                ids = _split_ids(voc_root, split, name, prepare_hint)
+                ids = voc_split_ids(voc_root, split, name, prepare_hint)
                 return list_sem_seg_files(
                     name, image_root, gt_root, ids=ids, prepare_hint=prepare_hint
                 )

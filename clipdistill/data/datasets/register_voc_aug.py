@@ -15,26 +15,15 @@ Evaluate on ``voc20_sem_seg_val`` / ``voc21_sem_seg_val`` (``register_voc.py``).
 import os
 
 from .common import datasets_root, list_sem_seg_files, load_class_names, register_sem_seg
+from .register_voc import VOC_SUBDIR, voc_split_ids
 
-__all__ = ["VOC_SUBDIR", "register_all_voc_aug"]
+__all__ = ["register_all_voc_aug"]
 
-VOC_SUBDIR = os.path.join("VOCdevkit", "VOC2012")
 _HINT = (
     "Extract VOCtrainval_11-May-2012.tar, unzip SegmentationClassAug.zip into "
     "VOCdevkit/VOC2012 and run `python datasets/prepare_voc_aug_sem_seg.py` "
     "(see datasets/README.md)."
 )
-
-
-def _trainaug_ids(voc_root: str, name: str):
-    path = os.path.join(voc_root, "ImageSets", "Segmentation", "trainaug.txt")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Dataset '{name}': split list {path} does not exist "
-            f"(datasets root: $DETECTRON2_DATASETS={datasets_root()}).\n{_HINT}"
-        )
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
 
 
 def register_all_voc_aug(root: str, prefix: str = "") -> None:
@@ -54,7 +43,7 @@ def register_all_voc_aug(root: str, prefix: str = "") -> None:
                 name,
                 image_root,
                 gt_root,
-                ids=_trainaug_ids(voc_root, name),
+                ids=voc_split_ids(voc_root, "trainaug", name, _HINT),
                 prepare_hint=_HINT,
             ),
             stuff_classes=classes,

@@ -22,7 +22,6 @@ The split is ``validation`` when the file name's second ``_`` field is ``val``.
 import functools
 import os
 import pickle
-import sys
 from typing import Dict, Sequence, Tuple
 
 import cv2
@@ -37,6 +36,7 @@ from .common import (
     output_is_complete,
     read_image,
     read_label,
+    run_cli,
     remove_stale_temps,
     run_jobs,
 )
@@ -219,13 +219,7 @@ def main_150(argv=None) -> int:
     )
     _splits_arg(parser, ADE150_SPLITS)
     args = parser.parse_args(argv)
-    try:
-        summary = prepare_ade20k_150(args.root, args.splits, args.workers)
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(summary)
-    return 0
+    return run_cli(prepare_ade20k_150, args.root, args.splits, args.workers)
 
 
 def main_full(argv=None) -> int:
@@ -237,10 +231,4 @@ def main_full(argv=None) -> int:
     _splits_arg(parser, ADE150_SPLITS)
     parser.add_argument("--jpeg-quality", type=int, default=75)
     args = parser.parse_args(argv)
-    try:
-        summary = prepare_ade20k_full(args.root, args.splits, args.workers, args.jpeg_quality)
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(summary)
-    return 0
+    return run_cli(prepare_ade20k_full, args.root, args.splits, args.workers, args.jpeg_quality)

@@ -13,7 +13,6 @@ ids, 255, and anything else → 255 (ignore). Masks that are entirely 255 are ke
 
 import functools
 import os
-import sys
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -26,6 +25,7 @@ from .common import (
     make_lut,
     output_is_complete,
     read_label,
+    run_cli,
     remove_stale_temps,
     run_jobs,
 )
@@ -104,10 +104,4 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     args = parser.parse_args(argv)
-    try:
-        summary = prepare_coco_stuff(args.root, args.splits, args.workers)
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(summary)
-    return 0
+    return run_cli(prepare_coco_stuff, args.root, args.splits, args.workers)

@@ -15,6 +15,7 @@ import argparse
 import logging
 import multiprocessing
 import os
+import sys
 from typing import Callable, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
@@ -200,3 +201,15 @@ def base_argument_parser(description: str, default_root: str) -> argparse.Argume
         help="worker processes (default: %(default)s)",
     )
     return parser
+
+
+def run_cli(prepare_fn, *args) -> int:
+    """Run a prepare function for a CLI: print its summary and return 0, or print the
+    ``PrepareError`` (which names the file at fault) and return 1."""
+    try:
+        summary = prepare_fn(*args)
+    except PrepareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0

@@ -22,7 +22,6 @@ Output (``annotations_detectron2/``):
 import functools
 import os
 import re
-import sys
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -37,6 +36,7 @@ from .common import (
     output_is_complete,
     read_id_list,
     remove_stale_temps,
+    run_cli,
     run_jobs,
 )
 
@@ -208,10 +208,4 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--variants", nargs="+", default=["59", "459"], choices=["59", "459"])
     args = parser.parse_args(argv)
-    try:
-        summary = prepare_pcontext(args.root, args.splits, args.variants, args.workers)
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(summary)
-    return 0
+    return run_cli(prepare_pcontext, args.root, args.splits, args.variants, args.workers)

@@ -10,20 +10,19 @@
 The VOC-20 convention is SAN's, OVSeg's and CAT-Seg's. VOC-21 (``voc21_*``) reads
 ``SegmentationClass`` as is (background = class 0, FC-CLIP's convention) and needs no conversion.
 """
+
 import os
-import sys
 from typing import List, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from ..datasets.common import datasets_root
+from ..datasets.register_voc import VOC_SUBDIR
 from .common import PrepareError, atomic_save, base_argument_parser, output_is_complete
-from .common import read_id_list, read_label, remove_stale_temps
+from .common import read_id_list, read_label, remove_stale_temps, run_cli
 
 __all__ = ["voc_to_voc20", "read_split_ids", "prepare_voc20", "main"]
-
-VOC_SUBDIR = os.path.join("VOCdevkit", "VOC2012")
 
 
 def voc_to_voc20(label: np.ndarray) -> np.ndarray:
@@ -45,8 +44,9 @@ def read_split_ids(voc_root: str, split: str) -> List[str]:
     return read_id_list(path, f"VOC {split} list")
 
 
-def prepare_voc20(voc_root: str, splits: Sequence[str] = ("train", "val"),
-                  progress: bool = True) -> int:
+def prepare_voc20(
+    voc_root: str, splits: Sequence[str] = ("train", "val"), progress: bool = True
+) -> int:
     """Write VOC-20 labels for ``splits``; skips finished files, writes atomically.
 
     Args:
@@ -64,8 +64,9 @@ def prepare_voc20(voc_root: str, splits: Sequence[str] = ("train", "val"),
         out_dir = os.path.join(voc_root, "annotations_detectron2", split)
         os.makedirs(out_dir, exist_ok=True)
         remove_stale_temps(out_dir)
-        for image_id in tqdm(read_split_ids(voc_root, split), desc=f"VOC-20 {split}",
-                             disable=not progress):
+        for image_id in tqdm(
+            read_split_ids(voc_root, split), desc=f"VOC-20 {split}", disable=not progress
+        ):
             dst = os.path.join(out_dir, image_id + ".png")
             if output_is_complete(dst):
                 continue
@@ -88,10 +89,4 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--splits", nargs="+", default=["train", "val"])
     args = parser.parse_args(argv)
-    try:
-        n = prepare_voc20(os.path.join(args.root, VOC_SUBDIR), args.splits)
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"VOC-20: wrote {n} label maps")
-    return 0
+    return run_cli(prepare_voc20, os.path.join(args.root, VOC_SUBDIR), args.splits)

@@ -18,44 +18,28 @@ VOC-21 train-aug (background = class 0) reads ``SegmentationClassAug`` directly.
 """
 
 import os
-import sys
 from typing import Dict
 
-import numpy as np
 
 from ..datasets.common import datasets_root
+from ..datasets.register_voc import VOC_SUBDIR
+from .voc import voc_to_voc20
 from .common import (
     PrepareError,
     atomic_save,
     atomic_write_text,
     base_argument_parser,
-    make_lut,
     output_is_complete,
     read_id_list,
     read_label,
+    run_cli,
     remove_stale_temps,
     run_jobs,
 )
 
-__all__ = ["VOC_SUBDIR", "TRAINAUG_LIST", "voc20_lut", "convert_voc20", "prepare_voc_aug", "main"]
+__all__ = ["TRAINAUG_LIST", "prepare_voc_aug", "main"]
 
-VOC_SUBDIR = os.path.join("VOCdevkit", "VOC2012")
 TRAINAUG_LIST = os.path.join("ImageSets", "Segmentation", "trainaug.txt")
-
-
-def voc20_lut() -> np.ndarray:
-    """uint8 LUT: 0 → 255, k → k-1 (k = 1..20), 255 → 255, anything else → 255."""
-    return make_lut({k: k - 1 for k in range(1, 21)}, 256, 255)
-
-
-_LUT = voc20_lut()
-_VALID = np.zeros(256, dtype=bool)
-_VALID[list(range(21)) + [255]] = True
-
-
-def convert_voc20(raw: np.ndarray) -> np.ndarray:
-    """Raw VOC mask (uint8) → VOC-20 labels (uint8, 255 ignore)."""
-    return _LUT[raw]
 
 
 def _convert_one(job):
@@ -63,9 +47,11 @@ def _convert_one(job):
     if output_is_complete(dst):
         return "skipped"
     raw = read_label(src, "SegmentationClassAug mask")
-    if raw.dtype != np.uint8 or not _VALID[raw].all():
-        raise PrepareError(f"Expected uint8 values 0..20 and 255 in VOC mask: {src}")
-    atomic_save(dst, convert_voc20(raw))
+    try:
+        out = voc_to_voc20(raw)
+    except ValueError as e:
+        raise PrepareError(f"{src}: {e}") from e
+    atomic_save(dst, out)
     return "written"
 
 
@@ -113,10 +99,4 @@ def main(argv=None) -> int:
         datasets_root(),
     )
     args = parser.parse_args(argv)
-    try:
-        summary = prepare_voc_aug(args.root, args.workers)
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(summary)
-    return 0
+    return run_cli(prepare_voc_aug, args.root, args.workers)

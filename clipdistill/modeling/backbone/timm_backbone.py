@@ -1,4 +1,5 @@
 """Any ``features_only`` timm model as a detectron2 ``Backbone`` (EfficientNet-B0 by default)."""
+
 import logging
 import os
 from typing import Dict, Sequence
@@ -22,8 +23,14 @@ class TimmBackbone(Backbone):
     """
 
     @configurable
-    def __init__(self, *, name: str, weights: str = "timm", out_indices: Sequence[int] = (1, 2, 3, 4),
-                 in_chans: int = 3):
+    def __init__(
+        self,
+        *,
+        name: str,
+        weights: str = "timm",
+        out_indices: Sequence[int] = (1, 2, 3, 4),
+        in_chans: int = 3,
+    ):
         """
         Args:
             name (str): timm model name (``MODEL.TIMM.NAME``).

@@ -5,6 +5,7 @@ location) and return per-class logits ``[B, K, H', W']`` at the same stride. Los
 the meta-architecture (``clipdistill/modeling/losses.py``), since the cross-entropy is one of
 several distillation terms.
 """
+
 import math
 from typing import Optional
 
@@ -62,10 +63,17 @@ class ClosedSetHead(nn.Module):
     open_vocabulary = False
 
     @configurable
-    def __init__(self, *, in_channels: int, num_classes: int, conv_dim: int = 256, norm: str = "BN"):
+    def __init__(
+        self, *, in_channels: int, num_classes: int, conv_dim: int = 256, norm: str = "BN"
+    ):
         super().__init__()
         self.conv = Conv2d(
-            in_channels, conv_dim, 3, padding=1, bias=not norm, norm=get_norm(norm, conv_dim),
+            in_channels,
+            conv_dim,
+            3,
+            padding=1,
+            bias=not norm,
+            norm=get_norm(norm, conv_dim),
             activation=F.relu,
         )
         self.predictor = Conv2d(conv_dim, num_classes, 1)
