@@ -18,4 +18,5 @@ toy: setup
 		--output $(TOY_OUT)/viz --dataset voc20_toy_sem_seg_val --limit 8
 
 test: setup
+	bash scripts/install_browser.sh
 	$(PY) -m pytest -q tests

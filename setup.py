@@ -29,5 +29,11 @@ setup(
         "Pillow",
         "scipy",
     ],
-    extras_require={"dev": ["pytest", "black", "flake8", "isort"]},
+    extras_require={
+        "dev": ["pytest", "black", "flake8", "isort"],
+        # tools/export_model.py (ONNX, onnxruntime; onnxscript for --onnx-exporter dynamo),
+        # tools/web_demo.py (gradio) and its browser test (playwright + Debian's chromium,
+        # scripts/install_browser.sh)
+        "deploy": ["onnx", "onnxruntime", "onnxscript", "gradio>=5", "playwright"],
+    },
 )

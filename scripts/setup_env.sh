@@ -44,7 +44,7 @@ if ! python -c "import detectron2" 2>/dev/null; then
       "hydra-core>=1.1" black packaging fvcore iopath
   fi
 fi
-# numpy<2 for detectron2; OpenCV wheels >= 4.12 require numpy 2.
-pip install -q "numpy<2" "opencv-python-headless<4.12"
-pip install -q -e ".[dev]"
+# numpy<2 for detectron2 (in the same pip call, or a dependency upgrades it); OpenCV wheels
+# >= 4.12 require numpy 2.
+pip install -q -e ".[dev,deploy]" "numpy<2" "opencv-python-headless<4.12"
 python -c "import detectron2, open_clip, timm, clipdistill; print('[setup] ok: detectron2', detectron2.__version__, '| open_clip', open_clip.__version__, '| timm', timm.__version__)"

@@ -4,61 +4,73 @@
     python tools/visualize_json_results.py --input out/inference/sem_seg_predictions.json \
         --output viz --dataset voc20_sem_seg_val [--limit 20] [--min-area 0]
 
-Writes one PNG per image: input | prediction | ground truth, in the dataset's colours.
+Writes one PNG per image: input | prediction | ground truth, in the dataset's colours
+(stuff_colors) with its class names. Category ids are mapped back through the dataset's
+stuff_dataset_id_to_contiguous_id when it has one (COCO-Stuff). Missing images are reported and
+skipped; the exit status is 1 when no image could be rendered, 2 for a bad --input or --dataset.
 """
+
 import argparse
 import logging
-import os
+import sys
 
-import numpy as np
-from PIL import Image
-from tqdm import tqdm
-
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.logger import setup_logger
 
 import clipdistill  # noqa: F401  (registers datasets)
-from clipdistill.data import read_sem_seg_label
-from clipdistill.utils.visualize import draw_sem_seg, load_sem_seg_predictions, side_by_side
+from clipdistill.utils.visualize import render_prediction_file
+
+PROG = "visualize_json_results.py"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
     parser.add_argument("--input", required=True, help="sem_seg_predictions.json")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--dataset", required=True, help="registered dataset name")
     parser.add_argument("--limit", type=int, default=0, help="render at most N images (0: all)")
-    parser.add_argument("--min-area", type=int, default=0,
-                        help="do not label regions smaller than this many pixels")
-    args = parser.parse_args()
-    logger = setup_logger(name="clipdistill")
-    if args.dataset not in DatasetCatalog.list():
-        parser.error(f"--dataset {args.dataset!r} is not registered")
-    meta = MetadataCatalog.get(args.dataset)
-    id_map = meta.get("stuff_dataset_id_to_contiguous_id", None)
-    preds = load_sem_seg_predictions(args.input, id_map)
-    gt_files = {d["file_name"]: d.get("sem_seg_file_name") for d in DatasetCatalog.get(args.dataset)}
-    os.makedirs(args.output, exist_ok=True)
-    items = sorted(preds.items())
-    if args.limit > 0:
-        items = items[: args.limit]
-    failed = 0
-    for file_name, pred in tqdm(items, desc="rendering"):
-        if not os.path.isfile(file_name):
-            logger.warning(f"Image {file_name} is missing; skipped")
-            failed += 1
-            continue
-        image = np.asarray(Image.open(file_name).convert("RGB"))
-        panels = [image, draw_sem_seg(image, pred, meta, args.min_area)]
-        gt_path = gt_files.get(file_name)
-        if gt_path and os.path.isfile(gt_path):
-            panels.append(draw_sem_seg(image, read_sem_seg_label(gt_path), meta, args.min_area))
-        out = os.path.join(args.output, os.path.splitext(os.path.basename(file_name))[0] + ".png")
-        Image.fromarray(side_by_side(panels)).save(out + ".tmp.png")
-        os.replace(out + ".tmp.png", out)
-    logger.info(f"Rendered {len(items) - failed} images into {args.output}; {failed} failed")
-    return 1 if failed and failed == len(items) else 0
+    parser.add_argument(
+        "--min-area",
+        type=int,
+        default=0,
+        help="do not draw connected regions smaller than this many pixels",
+    )
+    parser.add_argument("--alpha", type=float, default=0.6, help="opacity of the class colours")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logger(name="clipdistill")
+    logger = logging.getLogger("clipdistill.visualize")
+    try:
+        written, failed = render_prediction_file(
+            args.input,
+            args.dataset,
+            args.output,
+            limit=args.limit,
+            min_area=args.min_area,
+            alpha=args.alpha,
+        )
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
+    for file_name, why in failed:
+        logger.warning(f"Skipped {file_name}: {why}")
+    total = len(written) + len(failed)
+    logger.info(
+        f"Rendered {len(written)} of {total} images into {args.output}; " f"{len(failed)} failed"
+    )
+    if failed and not written:
+        print(f"{PROG}: error: none of the {total} images could be rendered", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""``SegPredictor``: a trained student behind a simple image-in, label-map-out interface.
+
+Like detectron2's ``DefaultPredictor`` but for open-vocabulary semantic segmentation: it builds the
+model from the config, loads ``MODEL.WEIGHTS`` strictly (``StudentCheckpointer``: a checkpoint that
+does not match the config raises ``CheckpointMismatchError``), resizes images like the test-time
+mapper (``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``), runs batches, and returns label maps
+(and optionally per-class score maps) at each image's original size.
+
+The vocabulary is any list of class names. Their text embeddings come from the teacher's text
+encoder once per vocabulary (cached in memory and on disk by ``CLIPTeacher.encode_text``), so the
+image side runs the student only.
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+
+from ..engine.checkpoint import StudentCheckpointer
+from ..utils.visualize import class_colors, overlay_with_legend
+
+__all__ = ["SegPredictor", "SegResult", "check_class_names", "parse_class_names", "read_image_rgb"]
+
+logger = logging.getLogger(__name__)
+
+
+def check_class_names(class_names: Sequence[str]) -> List[str]:
+    """Strip ``class_names`` and reject an empty list, empty names and duplicates.
+
+    Raises:
+        ValueError: with a message meant for the user (command line, web page).
+    """
+    if isinstance(class_names, str):
+        raise ValueError(f"class names must be a list of names, not the string {class_names!r}")
+    raw = [str(n) for n in class_names]
+    if not raw:
+        raise ValueError("no class names given: give at least one class name")
+    names = [n.strip() for n in raw]
+    empty = [i + 1 for i, n in enumerate(names) if not n]
+    if empty:
+        raise ValueError(f"empty class name at position {empty} of {raw!r}")
+    seen, dups = set(), []
+    for n in names:
+        if n in seen and n not in dups:
+            dups.append(n)
+        seen.add(n)
+    if dups:
+        raise ValueError(f"duplicated class names {dups!r} in {raw!r}: each class must be unique")
+    return names
+
+
+def parse_class_names(text: str) -> List[str]:
+    """Comma-separated names (the web demo's text box) -> checked list (``check_class_names``)."""
+    if text is None or not str(text).strip():
+        raise ValueError("no class names given: type comma-separated names, e.g. 'cat, dog, grass'")
+    return check_class_names(str(text).split(","))
+
+
+def read_image_rgb(path: str) -> np.ndarray:
+    """Read an image file as uint8 RGB ``[H, W, 3]`` (EXIF orientation applied).
+
+    Raises:
+        OSError: the file is missing or is not a readable image (the message names the file).
+    """
+    try:
+        image = utils.read_image(path, format="RGB")
+    except FileNotFoundError as e:
+        raise OSError(f"{path}: no such file") from e
+    except Exception as e:  # PIL raises several types for damaged or non-image files
+        raise OSError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    return to_rgb_uint8(image, path)
+
+
+def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Greyscale / RGBA / RGB array -> contiguous uint8 RGB ``[H, W, 3]``."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
+        raise ValueError(
+            f"{name}: expected an image [H, W, 3], got an array of shape {image.shape}"
+        )
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.dtype != np.uint8:
+        if np.issubdtype(image.dtype, np.floating) and image.size and image.max() <= 1.0:
+            image = image * 255.0
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(image)
+
+
+@dataclass
+class SegResult:
+    """One image's result.
+
+    Attributes:
+        label: int32 ``[H, W]``, indices into ``class_names``, at the image's original size.
+        scores: float32 ``[K, H, W]`` per-class probabilities (softmax over the vocabulary), or
+            None when not requested.
+        class_names: the vocabulary (``K`` names).
+    """
+
+    label: np.ndarray
+    scores: Optional[np.ndarray]
+    class_names: List[str]
+
+
+class SegPredictor:
+    """Build the student from ``cfg``, load ``cfg.MODEL.WEIGHTS`` strictly, and segment images.
+
+    Example::
+
+        cfg = get_clipdistill_cfg("configs/voc.yaml", ["MODEL.WEIGHTS", "out/model_final.pth"])
+        predictor = SegPredictor(cfg, class_names=["cat", "potted plant"])
+        result = predictor(read_image_rgb("img.jpg"))       # SegResult
+        results = predictor.predict([img1, img2], scores=True)
+
+    Args:
+        cfg: a clipdistill config (``get_clipdistill_cfg``); not modified.
+        class_names: the vocabulary; None uses the training vocabulary (the ``stuff_classes`` of
+            ``DATASETS.TRAIN[0]``).
+        require_weights: raise if ``MODEL.WEIGHTS`` is empty (else a random student is used, with
+            a warning).
+
+    Raises:
+        FileNotFoundError: ``MODEL.WEIGHTS`` does not exist.
+        CheckpointMismatchError: the checkpoint does not match the model built from ``cfg``.
+        ValueError: bad vocabulary (empty, empty names, duplicates; or another vocabulary than the
+            training one with a closed-set head).
+    """
+
+    def __init__(self, cfg, class_names: Optional[Sequence[str]] = None, require_weights=False):
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        weights = self.cfg.MODEL.WEIGHTS
+        if weights:
+            StudentCheckpointer(self.model).load(weights)
+        elif require_weights:
+            raise ValueError("MODEL.WEIGHTS is empty: pass a trained checkpoint")
+        else:
+            logger.warning("MODEL.WEIGHTS is empty: the student is randomly initialised")
+        self.aug = T.ResizeShortestEdge(
+            [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST],
+            self.cfg.INPUT.MAX_SIZE_TEST,
+        )
+        self.input_format = self.cfg.INPUT.FORMAT
+        train = self.cfg.DATASETS.TRAIN
+        self.train_metadata = MetadataCatalog.get(train[0]) if train else None
+        self.class_names: List[str] = []
+        self.colors = np.zeros((0, 3), np.uint8)
+        self.set_class_names(class_names)
+
+    # ------------------------------------------------------------------------------ vocabulary
+    @property
+    def training_vocabulary(self) -> List[str]:
+        return list(getattr(self.model, "train_vocabulary", []) or [])
+
+    def set_class_names(self, class_names: Optional[Sequence[str]]) -> List[str]:
+        """Use ``class_names`` (None: the training vocabulary) for the next predictions; computes
+        (or reads from the cache) their text embeddings now. Returns the checked names."""
+        if class_names is None:
+            names = self.training_vocabulary
+            if not names:
+                raise ValueError(
+                    "no class names given and the config has no training vocabulary "
+                    "(DATASETS.TRAIN[0] has no stuff_classes): pass class names"
+                )
+        else:
+            names = check_class_names(class_names)
+        head = getattr(self.model, "seg_head", None)
+        if head is not None and not getattr(head, "open_vocabulary", True):
+            if names != self.training_vocabulary:
+                raise ValueError(
+                    f"{type(head).__name__} is a closed-set head: it only predicts its "
+                    f"{len(self.training_vocabulary)} training classes; other class names need "
+                    f"the open-vocabulary head (MODEL.SEM_SEG_HEAD.NAME TextEmbeddingHead)"
+                )
+        self.model.set_vocabulary(names)
+        self.class_names = list(names)
+        meta_colors = None
+        if self.train_metadata is not None and names == self.training_vocabulary:
+            meta_colors = self.train_metadata.get("stuff_colors", None)
+        self.colors = class_colors(len(names), meta_colors)
+        return self.class_names
+
+    # ------------------------------------------------------------------------------ inference
+    def _to_input(self, image_rgb: np.ndarray) -> dict:
+        image = to_rgb_uint8(image_rgb)
+        h, w = image.shape[:2]
+        if self.input_format == "BGR":
+            image = np.ascontiguousarray(image[:, :, ::-1])
+        resized = self.aug.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+        return {"image": tensor, "height": h, "width": w}
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[np.ndarray], scores: bool = False) -> List[SegResult]:
+        """Segment a batch of uint8 RGB images (``[H, W, 3]``, any sizes) in one forward pass."""
+        if not len(images):
+            return []
+        outputs = self.model([self._to_input(im) for im in images])
+        results = []
+        for out in outputs:
+            logits = out["sem_seg"]
+            label = logits.argmax(dim=0).to(torch.int32).cpu().numpy()
+            probs = logits.float().softmax(dim=0).cpu().numpy() if scores else None
+            results.append(SegResult(label, probs, list(self.class_names)))
+        return results
+
+    def __call__(self, image_rgb: np.ndarray, scores: bool = False) -> SegResult:
+        return self.predict([image_rgb], scores=scores)[0]
+
+    def predict_batches(
+        self, images: Iterable, batch_size: int = 1, scores: bool = False
+    ) -> Iterator[tuple]:
+        """Yield ``(item, image, SegResult)`` for an iterable of ``(item, uint8 RGB image)``,
+        running ``batch_size`` images per forward pass."""
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        batch = []
+        for item, image in images:
+            batch.append((item, image))
+            if len(batch) == batch_size:
+                yield from self._run(batch, scores)
+                batch = []
+        if batch:
+            yield from self._run(batch, scores)
+
+    def _run(self, batch, scores):
+        results = self.predict([im for _, im in batch], scores=scores)
+        for (item, image), res in zip(batch, results):
+            yield item, image, res
+
+    def overlay(self, image_rgb: np.ndarray, result: SegResult, alpha: float = 0.5) -> np.ndarray:
+        """The image blended with the label map's colours and a legend of the classes present."""
+        return overlay_with_legend(image_rgb, result.label, result.class_names, self.colors, alpha)

@@ -1,0 +1,220 @@
+"""The web demo (Gradio): upload an image, type class names, see the overlay and its legend.
+
+``build_app(predictor)`` returns the ``gradio.Blocks`` app; ``launch(app, host, port)`` serves it
+(``tools/web_demo.py`` does both). Bad input (no image, an unreadable image, empty or duplicated
+class names) is answered with an error message on the page, never a stack trace.
+
+Element ids (stable, used by the browser test): ``#input-image``, ``#class-names``,
+``#segment-button``, ``#overlay``, ``#legend``, ``#status``.
+"""
+
+import html
+import logging
+import os
+import threading
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..utils.visualize import classes_present
+from .predictor import SegPredictor, parse_class_names, read_image_rgb, to_rgb_uint8
+
+__all__ = ["build_app", "launch", "segment_for_web", "legend_html", "image_from_upload"]
+
+logger = logging.getLogger(__name__)
+
+
+def legend_html(label: np.ndarray, class_names: Sequence[str], colors: np.ndarray) -> str:
+    """An HTML legend of the classes present (swatch, name, share of the image)."""
+    present = classes_present(label, len(class_names))
+    total = float(label.size) or 1.0
+    rows = []
+    for i, count in present:
+        r, g, b = (int(c) for c in colors[i])
+        rows.append(
+            f'<li class="legend-item" data-class="{html.escape(class_names[i])}">'
+            f'<span style="display:inline-block;width:1em;height:1em;margin-right:0.4em;'
+            f'vertical-align:middle;background:rgb({r},{g},{b});border:1px solid #888"></span>'
+            f"{html.escape(class_names[i])} ({100 * count / total:.1f}%)</li>"
+        )
+    return '<ul style="list-style:none;padding-left:0">' + "".join(rows) + "</ul>"
+
+
+def _error(message: str) -> str:
+    return f"**Error:** {html.escape(message)}"
+
+
+#: Uploads larger than this (longest side, pixels) are downscaled before segmentation: the model
+#: returns per-class logits at the image's size, which for huge photos costs gigabytes.
+MAX_SIDE = 2048
+
+
+def _limit_size(image: np.ndarray, max_side: int) -> Tuple[np.ndarray, bool]:
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image, False
+    from PIL import Image
+
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)), True
+
+
+def image_from_upload(payload, allowed_roots: Sequence[str] = ()) -> Optional[np.ndarray]:
+    """The uploaded image as uint8 RGB, from what the browser sent for the image input.
+
+    The app's event runs with ``preprocess=False`` so that an unreadable upload reaches this
+    function (and is answered with a message) instead of failing inside Gradio's own decoding.
+
+    Args:
+        payload: None, an array, or Gradio's file payload (a dict with the server-side ``path`` of
+            the upload and its ``orig_name``).
+        allowed_roots: folders the upload must lie in (Gradio's upload/cache folders); other paths
+            are refused, so a crafted request cannot make the server read arbitrary files.
+
+    Raises:
+        ValueError: not a readable image, or a path outside ``allowed_roots``.
+    """
+    if payload is None or isinstance(payload, np.ndarray):
+        return payload
+    path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+    name = (payload.get("orig_name") if isinstance(payload, dict) else None) or "the upload"
+    if not path:
+        raise ValueError("the upload has no file; upload the image again")
+    real = os.path.realpath(path)
+    roots = [os.path.realpath(r) for r in allowed_roots if r]
+    if roots and not any(os.path.commonpath([real, r]) == r for r in roots):
+        raise ValueError(f"{name} is not an uploaded file")
+    try:
+        return read_image_rgb(real)
+    except OSError as e:
+        cause = e.__cause__ or e
+        detail = str(cause).replace(real, os.path.basename(real)).replace(path, name)
+        raise ValueError(
+            f"{name} is not a readable image ({type(cause).__name__}: {detail})"
+        ) from e
+
+
+def segment_for_web(
+    predictor: SegPredictor,
+    image,
+    names_text: str,
+    lock: Optional[threading.Lock] = None,
+    allowed_roots: Sequence[str] = (),
+    max_side: int = MAX_SIDE,
+) -> Tuple[Optional[np.ndarray], str, str]:
+    """The app's handler: ``(overlay or None, legend HTML, status markdown)``; never raises.
+
+    ``image``: an array or Gradio's upload payload (see ``image_from_upload``)."""
+    try:
+        image = image_from_upload(image, allowed_roots)
+    except ValueError as e:
+        return None, "", _error(str(e))
+    if image is None:
+        return None, "", _error("upload an image first.")
+    try:
+        names = parse_class_names(names_text)
+        image = to_rgb_uint8(image, "the uploaded image")
+    except ValueError as e:
+        return None, "", _error(str(e))
+    h0, w0 = image.shape[:2]
+    image, resized = _limit_size(image, max_side)
+    lock = lock or threading.Lock()
+    try:
+        with lock:
+            predictor.set_class_names(names)
+            result = predictor(image)
+            overlay = predictor.overlay(image, result)
+            legend = legend_html(result.label, result.class_names, predictor.colors)
+    except ValueError as e:
+        return None, "", _error(str(e))
+    except Exception as e:  # the page gets a message; the log gets the traceback
+        logger.exception("segmentation failed")
+        return None, "", _error(f"segmentation failed ({type(e).__name__}: {e}).")
+    h, w = image.shape[:2]
+    n = len(classes_present(result.label, len(names)))
+    status = f"Segmented a {w0}x{h0} image: {n} of {len(names)} classes present."
+    if resized:
+        status += f" (Downscaled to {w}x{h} first: the longest side is limited to {max_side}.)"
+    return overlay, legend, status
+
+
+def build_app(predictor: SegPredictor, title: str = "clipdistill open-vocabulary segmentation"):
+    """The Gradio ``Blocks`` app around ``predictor`` (default names: its current vocabulary)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    lock = threading.Lock()
+    default_names = ", ".join(predictor.class_names)
+
+    from gradio.utils import get_upload_folder
+
+    def segment(image, names_text):
+        roots = [get_upload_folder(), getattr(image_input, "GRADIO_CACHE", "")]
+        return segment_for_web(predictor, image, names_text, lock, roots)
+
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        gr.Markdown(
+            f"# {html.escape(title)}\nUpload an image and type class names separated by commas "
+            "(words or phrases). The student segments the image into these classes."
+        )
+        with gr.Row():
+            with gr.Column():
+                image_input = gr.Image(
+                    type="numpy",
+                    image_mode="RGB",
+                    label="Image",
+                    sources=["upload"],
+                    elem_id="input-image",
+                )
+                names = gr.Textbox(
+                    value=default_names,
+                    label="Class names (comma-separated)",
+                    lines=2,
+                    elem_id="class-names",
+                )
+                button = gr.Button("Segment", variant="primary", elem_id="segment-button")
+            with gr.Column():
+                overlay = gr.Image(
+                    type="numpy",
+                    label="Overlay",
+                    interactive=False,
+                    format="png",
+                    buttons=["download", "fullscreen"],
+                    elem_id="overlay",
+                )
+                legend = gr.HTML(label="Legend", elem_id="legend")
+                status = gr.Markdown(elem_id="status")
+        # preprocess=False: the handler decodes the upload itself, so that a bad file gets a
+        # message on the page (see image_from_upload)
+        for event in (button.click, names.submit):
+            event(
+                segment,
+                inputs=[image_input, names],
+                outputs=[overlay, legend, status],
+                preprocess=False,
+            )
+    app.queue(default_concurrency_limit=1)
+    return app
+
+
+def launch(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
+    """Serve ``app`` on ``http://host:port`` (no share link, no analytics, system fonts)."""
+    import gradio as gr
+
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"],
+        font_mono=["ui-monospace", "monospace"],
+    )
+    return app.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        show_error=True,
+        inbrowser=False,
+        prevent_thread_lock=not block,
+        ssr_mode=False,
+        theme=theme,
+        footer_links=[],
+        quiet=False,
+    )

@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Segment images or videos with a trained student and any vocabulary.
+
+    python tools/demo.py --config-file configs/voc.yaml --input img.jpg imgs/ "more/*.png" \
+        --output out/demo --class-names cat "potted plant" grass MODEL.WEIGHTS out/model_final.pth
+
+Per image: <stem>_label.png (palette PNG, pixel = class index), <stem>_overlay.png (blend with a
+legend), with --save-scores <stem>_scores.npz (per-class probabilities); a video gives
+<stem>_overlay.mp4. Without --class-names the training vocabulary (DATASETS.TRAIN[0]) is used.
+Unreadable inputs are reported and skipped; the exit status is 1 when every input failed.
+"""
+
+import argparse
+import logging
+import sys
+
+from detectron2.utils.logger import setup_logger
+
+from clipdistill.deploy.cli import add_config_arguments, fail, load_cfg, parse_args
+
+PROG = "demo.py"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="image files, glob patterns, folders, or video files",
+    )
+    parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--class-names",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="the vocabulary (words or quoted phrases); default: the training classes",
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument(
+        "--save-scores", action="store_true", help="also write per-class score maps (.npz)"
+    )
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    setup_logger(name="clipdistill")
+    setup_logger(name="detectron2")
+    logger = logging.getLogger("clipdistill.demo")
+
+    from clipdistill.deploy import SegPredictor, run_demo
+    from clipdistill.engine.checkpoint import CheckpointMismatchError
+
+    try:
+        cfg = load_cfg(args)
+        predictor = SegPredictor(cfg, class_names=args.class_names)
+    except (CheckpointMismatchError, FileNotFoundError, KeyError, ValueError) as e:
+        return fail(PROG, str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
+    logger.info(f"vocabulary ({len(predictor.class_names)}): {predictor.class_names}")
+    report = run_demo(
+        predictor,
+        args.input,
+        args.output,
+        batch_size=args.batch_size,
+        save_scores=args.save_scores,
+        alpha=args.alpha,
+        progress=not args.no_progress,
+    )
+    if report.failed:
+        names = "\n  ".join(f"{p}: {why}" for p, why in report.failed)
+        logger.warning(f"{len(report.failed)} of {report.total} inputs failed:\n  {names}")
+    logger.info(f"{len(report.done)} of {report.total} inputs segmented into {args.output}")
+    if not report.done:
+        return fail(PROG, f"all {report.total} inputs failed", code=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

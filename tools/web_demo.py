@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Web demo: upload an image, type class names, see the segmentation overlay and its legend.
+
+    python tools/web_demo.py --config-file configs/voc.yaml MODEL.WEIGHTS out/model_final.pth
+    # then open http://127.0.0.1:7860
+
+Serves a Gradio app on 127.0.0.1 (--host/--port to change). Bad input (no image, an unreadable
+image, empty or duplicated class names) is answered with a message on the page.
+"""
+
+import argparse
+import logging
+import sys
+
+from detectron2.utils.logger import setup_logger
+
+from clipdistill.deploy.cli import add_config_arguments, fail, load_cfg, parse_args
+
+PROG = "web_demo.py"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--class-names",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="initial vocabulary shown on the page (default: training classes)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    setup_logger(name="clipdistill")
+    logger = logging.getLogger("clipdistill.web_demo")
+
+    from clipdistill.deploy import SegPredictor
+    from clipdistill.deploy.web import build_app, launch
+    from clipdistill.engine.checkpoint import CheckpointMismatchError
+
+    try:
+        cfg = load_cfg(args)
+        predictor = SegPredictor(cfg, class_names=args.class_names)
+    except (CheckpointMismatchError, FileNotFoundError, KeyError, ValueError) as e:
+        return fail(PROG, str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
+    app = build_app(predictor)
+    logger.info(f"serving on http://{args.host}:{args.port}")
+    launch(app, host=args.host, port=args.port, block=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
