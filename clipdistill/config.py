@@ -4,6 +4,7 @@ Every key added here is read by exactly one component; ``tests/test_config.py`` 
 dead. Core detectron2 keys that the project reuses (``MODEL.SEM_SEG_HEAD.*``, ``INPUT.CROP``, ...)
 keep their detectron2 meaning.
 """
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_clipdistill_config"]
@@ -33,10 +34,37 @@ def add_clipdistill_config(cfg: CN) -> None:
     cfg.MODEL.CLIPDISTILL.TEACHER.WEIGHTS = "openai"
     cfg.MODEL.CLIPDISTILL.TEACHER.IMAGE_SIZE = 224  # input side for the global embedding Cg
     cfg.MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE = 448  # input side for dense features Td
-    # Prompt templates for class names: "openai" (80), "simple" (7) or "single" ("a photo of a {}.").
+    # Prompt templates: "openai" (80), "simple" (7) or "single" ("a photo of a {}.").
     cfg.MODEL.CLIPDISTILL.TEACHER.TEMPLATES = "openai"
     # On-disk cache of text embeddings; "" means $XDG_CACHE_HOME/clipdistill/text_embeddings.
     cfg.MODEL.CLIPDISTILL.TEACHER.TEXT_CACHE_DIR = ""
+
+    # Compute dtype of the student at inference on CUDA: "float32", "float16" or "bfloat16"
+    # (autocast around backbone -> head; logits are upsampled in float32). Ignored on the CPU,
+    # where inference always runs in float32 (SegStudent.inference).
+    cfg.MODEL.CLIPDISTILL.INFERENCE_DTYPE = "float32"
+    # Run the student's convolutions in channels-last memory format at inference (faster with
+    # oneDNN on CPU and with cuDNN on tensor-core GPUs; results equal within float tolerance).
+    cfg.MODEL.CLIPDISTILL.CHANNELS_LAST = True
+    # At inference, fold the student's BatchNorms into the preceding convolutions (a cached copy
+    # of backbone + proj, rebuilt when a weight changes; checked numerically against the model).
+    cfg.MODEL.CLIPDISTILL.FOLD_BN = True
+
+    # ---- teacher-output cache (clipdistill/teacher_cache, tools/cache_teacher.py, docs/CACHE.md)
+    cfg.MODEL.CLIPDISTILL.TEACHER_CACHE = CN()
+    # Train from the cache instead of running the teacher on every step (global + dense targets
+    # are read by SemSegDatasetMapper and warped with the same crop/flip as the image).
+    cfg.MODEL.CLIPDISTILL.TEACHER_CACHE.ENABLED = False
+    # Root folder of the cache; each dataset lives in DIR/<dataset name>/ (manifest.json + shards).
+    cfg.MODEL.CLIPDISTILL.TEACHER_CACHE.DIR = "output/teacher_cache"
+    # Images per safetensors shard when building (the unit of resume and of checksumming).
+    cfg.MODEL.CLIPDISTILL.TEACHER_CACHE.SHARD_SIZE = 256
+    # Global target Cg of an augmented crop: "image" = the cached embedding of the whole image
+    # (CLIP's class-token path, as the online teacher but before the crop), "crop_pool" = the
+    # normalised mean of the cached dense features inside the crop (follows the crop).
+    cfg.MODEL.CLIPDISTILL.TEACHER_CACHE.GLOBAL_TARGET = "image"
+    # Check every shard's sha256 against the manifest when a process first opens it.
+    cfg.MODEL.CLIPDISTILL.TEACHER_CACHE.VERIFY = True
 
     # ---- distillation losses (clipdistill/modeling/losses.py), already-weighted when logged ----
     cfg.MODEL.CLIPDISTILL.LOSS = CN()

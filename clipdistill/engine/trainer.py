@@ -1,6 +1,5 @@
 """``Trainer(DefaultTrainer)`` for clipdistill: mapper, evaluator, optimizer groups, CPU DDP."""
-import copy
-import itertools
+
 import logging
 import os
 import weakref
@@ -83,7 +82,9 @@ class Trainer(DefaultTrainer):
         # vocabulary (several test sets with different classes in one run).
         dicts = [dict(d, dataset_name=dataset_name) for d in DatasetCatalog.get(dataset_name)]
         mapper = SemSegDatasetMapper(cfg, False, dataset_names=[dataset_name])
-        return build_detection_test_loader(dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS)
+        return build_detection_test_loader(
+            dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS
+        )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str = None):
@@ -134,8 +135,12 @@ class Trainer(DefaultTrainer):
         cls._log_param_table(model, lr_factor, cfg)
         name = cfg.SOLVER.OPTIMIZER.upper()
         if name == "SGD":
-            opt = torch.optim.SGD(params, cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM,
-                                  nesterov=cfg.SOLVER.NESTEROV)
+            opt = torch.optim.SGD(
+                params,
+                cfg.SOLVER.BASE_LR,
+                momentum=cfg.SOLVER.MOMENTUM,
+                nesterov=cfg.SOLVER.NESTEROV,
+            )
         elif name == "ADAMW":
             opt = torch.optim.AdamW(params, cfg.SOLVER.BASE_LR)
         else:
@@ -151,8 +156,6 @@ class Trainer(DefaultTrainer):
                 frozen += p.numel()
                 continue
             top = name.split(".")[0]
-            if top == "backbone":
-                top = "backbone"
             row = rows.setdefault(top, [top, 0, 0, cfg.SOLVER.BASE_LR * lr_factor(name)])
             row[1] += 1
             row[2] += p.numel()

@@ -4,6 +4,7 @@ detectron2's default ``DatasetMapper`` reads labels in PIL mode "L" (8-bit), whi
 16-bit TIFF labels of PC-459 and ADE-847. This mapper reads labels unchanged, checks them against
 the image and the class list, and maps the dataset's ``ignore_label`` to the model's ignore value.
 """
+
 import copy
 import logging
 from typing import List, Optional
@@ -49,6 +50,7 @@ class SemSegDatasetMapper:
         num_classes: Optional[int],
         ignore_label: int,
         model_ignore_value: int,
+        teacher_cache=None,
     ):
         """
         Args:
@@ -62,6 +64,12 @@ class SemSegDatasetMapper:
             ignore_label (int): the dataset's ignore value (255, or 65535 for 16-bit labels).
             model_ignore_value (int): value the model uses for ignored pixels
                 (``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``).
+            teacher_cache (TeacherCacheSet or None): training only; when given, every output
+                also carries the cached teacher targets of its augmented image:
+                ``"teacher_dense"`` (float16 ``[C, g, g]``, the cached dense map warped by the
+                same resize/crop/flip as the image, see ``clipdistill.teacher_cache.sample_dense``)
+                and ``"teacher_global"`` (float16 ``[C]``, per ``GLOBAL_TARGET``); the dense map
+                only when needed (``loss_dense`` on, or ``GLOBAL_TARGET: crop_pool``).
         """
         if is_train and num_classes is not None and 0 <= model_ignore_value < num_classes:
             raise ValueError(
@@ -74,6 +82,7 @@ class SemSegDatasetMapper:
         self.num_classes = num_classes
         self.ignore_label = ignore_label
         self.model_ignore_value = model_ignore_value
+        self.teacher_cache = teacher_cache
         logging.getLogger(__name__).info(
             f"[SemSegDatasetMapper] augmentations ({'train' if is_train else 'test'}): "
             f"{augmentations}"
@@ -94,7 +103,9 @@ class SemSegDatasetMapper:
         if is_train:
             augs = [
                 T.ResizeShortestEdge(
-                    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+                    cfg.INPUT.MIN_SIZE_TRAIN,
+                    cfg.INPUT.MAX_SIZE_TRAIN,
+                    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
                 )
             ]
             if cfg.INPUT.CROP.ENABLED:
@@ -107,7 +118,14 @@ class SemSegDatasetMapper:
                     )
                 )
         else:
-            augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+            augs = [
+                T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
+            ]
+        teacher_cache = None
+        if is_train and cfg.MODEL.CLIPDISTILL.TEACHER_CACHE.ENABLED:
+            from ...teacher_cache import open_teacher_caches
+
+            teacher_cache = open_teacher_caches(cfg, dataset_names)
         return {
             "is_train": is_train,
             "augmentations": augs,
@@ -115,6 +133,7 @@ class SemSegDatasetMapper:
             "num_classes": ncls.pop() if ncls else None,
             "ignore_label": ignore.pop(),
             "model_ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "teacher_cache": teacher_cache,
         }
 
     def _check_label(self, label: np.ndarray, label_path: str) -> None:
@@ -156,7 +175,11 @@ class SemSegDatasetMapper:
             label = label.astype(np.float64)
 
         aug_input = T.AugInput(image, sem_seg=label)
-        self.augmentations(aug_input)
+        transforms = self.augmentations(aug_input)
+        if self.teacher_cache is not None:
+            self._add_cached_teacher_targets(
+                dataset_dict, image.shape[:2], transforms, aug_input.image.shape[:2]
+            )
         image = aug_input.image
         # Pytorch's dataloader is efficient on torch.Tensor due to shared-memory,
         # but not efficient on large generic data structures due to the use of pickle & mmap.
@@ -166,3 +189,25 @@ class SemSegDatasetMapper:
             sem_seg[sem_seg == self.ignore_label] = self.model_ignore_value
             dataset_dict["sem_seg"] = sem_seg
         return dataset_dict
+
+    def _add_cached_teacher_targets(self, dataset_dict, orig_hw, transforms, out_hw) -> None:
+        """Read the image's cached teacher outputs and apply the image's geometry to them."""
+        from ...teacher_cache import image_key, sample_dense, transforms_to_affine
+
+        cache = self.teacher_cache
+        key = image_key(dataset_dict)
+        cg, td, cached_hw = cache.get(key, dense=cache.need_dense)
+        if tuple(cached_hw) != tuple(orig_hw):
+            raise ValueError(
+                f"Image {dataset_dict['file_name']} is {orig_hw[1]}x{orig_hw[0]} (WxH) but the "
+                f"teacher cache recorded {cached_hw[1]}x{cached_hw[0]}: the cache is stale; "
+                "rebuild it with tools/cache_teacher.py --overwrite."
+            )
+        if td is not None:
+            dense = sample_dense(
+                td, cached_hw, transforms_to_affine(transforms), tuple(out_hw), cache.out_grid
+            )
+            if cache.global_target == "crop_pool":
+                cg = torch.nn.functional.normalize(dense.mean(dim=(1, 2)), dim=0)
+            dataset_dict["teacher_dense"] = dense.half()
+        dataset_dict["teacher_global"] = cg.half()

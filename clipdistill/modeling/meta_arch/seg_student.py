@@ -1,6 +1,11 @@
 """``SegStudent``: the distilled open-vocabulary segmenter (student + its frozen CLIP teacher)."""
+
+import contextlib
+import copy
+import itertools
 import logging
-from typing import Dict, List, Optional, Sequence
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -16,11 +21,14 @@ from detectron2.utils.events import get_event_storage
 from .. import losses as L
 from ..fusion import FusionNeck
 from ..heads import build_student_head
+from ..inference import fold_batch_norms, is_exporting
 from ..teacher import CLIPTeacher
 
 __all__ = ["SegStudent"]
 
 logger = logging.getLogger(__name__)
+
+_INFERENCE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _teacher_keys_are_not_expected(module, incompatible_keys) -> None:
@@ -44,6 +52,10 @@ class SegStudent(nn.Module):
     never part of the checkpoint (see ``CLIPTeacher.state_dict``).
     """
 
+    #: submodules not used per image at inference (the teacher only gives cached text
+    #: embeddings); tools/benchmark.py leaves their parameters out of the inference count
+    benchmark_excluded_modules = ("teacher",)
+
     @configurable
     def __init__(
         self,
@@ -61,6 +73,10 @@ class SegStudent(nn.Module):
         temperature: float = 0.07,
         attn_temperature: float = 0.07,
         gather: bool = True,
+        use_teacher_cache: bool = False,
+        inference_dtype: str = "float32",
+        channels_last: bool = False,
+        fold_bn: bool = False,
     ):
         """
         Args:
@@ -73,7 +89,21 @@ class SegStudent(nn.Module):
                 a loss with weight 0 is not computed.
             temperature: InfoNCE temperature. attn_temperature: ``loss_local`` pooling temperature.
             gather: gather embeddings across processes for InfoNCE negatives.
+            use_teacher_cache: take the teacher targets from the inputs (``"teacher_global"``,
+                ``"teacher_dense"``, written by ``SemSegDatasetMapper`` from the teacher-output
+                cache) instead of running the teacher; inputs without them are an error.
+            inference_dtype: "float32", "float16" or "bfloat16": autocast dtype of the student
+                at inference on CUDA (ignored on other devices).
+            channels_last: keep the student's weights and inputs in channels-last memory format.
+            fold_bn: at inference, run a copy of ``backbone`` and ``proj`` whose BatchNorms are
+                folded into the convolutions (rebuilt whenever a weight changes; not part of the
+                state dict); skipped with a warning if the copy does not reproduce the original.
         """
+        if inference_dtype not in _INFERENCE_DTYPES:
+            raise ValueError(
+                f"MODEL.CLIPDISTILL.INFERENCE_DTYPE={inference_dtype!r}: use one of "
+                f"{sorted(_INFERENCE_DTYPES)}"
+            )
         super().__init__()
         self.backbone = backbone
         self.proj = proj
@@ -89,6 +119,18 @@ class SegStudent(nn.Module):
         self.temperature = temperature
         self.attn_temperature = attn_temperature
         self.gather = gather
+        self.use_teacher_cache = use_teacher_cache
+        self.inference_dtype = _INFERENCE_DTYPES[inference_dtype]
+        self.channels_last = channels_last
+        self.fold_bn = fold_bn
+        # (signature of the weights, folded backbone, folded proj); a plain attribute, so that
+        # it is neither a submodule nor in the state dict
+        self._folded: Optional[tuple] = None
+        # text embeddings per (vocabulary, device, dtype), ready for the head at inference
+        self._vocab_cache: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+        if channels_last:
+            for m in (self.backbone, self.proj, self.clip_proj, self.seg_head):
+                m.to(memory_format=torch.channels_last)
         self.register_load_state_dict_post_hook(_teacher_keys_are_not_expected)
 
     @classmethod
@@ -119,6 +161,10 @@ class SegStudent(nn.Module):
             "temperature": lc.TEMPERATURE,
             "attn_temperature": lc.ATTN_TEMPERATURE,
             "gather": lc.GATHER,
+            "use_teacher_cache": cfg.MODEL.CLIPDISTILL.TEACHER_CACHE.ENABLED,
+            "inference_dtype": cfg.MODEL.CLIPDISTILL.INFERENCE_DTYPE,
+            "channels_last": cfg.MODEL.CLIPDISTILL.CHANNELS_LAST,
+            "fold_bn": cfg.MODEL.CLIPDISTILL.FOLD_BN,
         }
 
     @property
@@ -149,23 +195,100 @@ class SegStudent(nn.Module):
         """``[K, C]`` text embeddings of ``class_names`` (cached by the teacher)."""
         return self.teacher.encode_text(list(class_names)).to(self.device)
 
+    #: vocabularies kept ready for the head at inference (least recently used dropped first)
+    VOCAB_CACHE_SIZE = 8
+
+    def _head_text(self, class_names: Sequence[str], dtype: torch.dtype) -> torch.Tensor:
+        """``text_embeddings`` on the model's device in ``dtype``, computed once per vocabulary
+        (the teacher's own cache still makes a defensive copy on every call)."""
+        key = (tuple(class_names), self.device, dtype)
+        emb = self._vocab_cache.get(key)
+        if emb is None:
+            # a normal tensor even when called under inference_mode, so a later traced or
+            # gradient-recording call can use it
+            with torch.inference_mode(False), torch.no_grad():
+                emb = self.text_embeddings(class_names).to(dtype)
+            self._vocab_cache[key] = emb
+            while len(self._vocab_cache) > self.VOCAB_CACHE_SIZE:
+                self._vocab_cache.popitem(last=False)
+        else:
+            self._vocab_cache.move_to_end(key)
+        return emb
+
     # ---------------------------------------------------------------- student
     def preprocess(self, batched_inputs: List[dict]) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
-                  for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     def student_features(self, images: torch.Tensor) -> torch.Tensor:
         """``F``: ``[B, C, H/s, W/s]`` CLIP-space features, L2-normalised per location."""
-        fused = self.proj(self.backbone(images), images.shape[-2:])
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        backbone, proj = self.backbone, self.proj
+        if self.fold_bn and not self.training and not is_exporting():
+            backbone, proj = self._folded_modules()
+        fused = proj(backbone(images), images.shape[-2:])
         return F.normalize(self.clip_proj(fused), dim=1)
 
+    def _weights_signature(self) -> tuple:
+        tensors = itertools.chain(
+            self.backbone.parameters(),
+            self.backbone.buffers(),
+            self.proj.parameters(),
+            self.proj.buffers(),
+        )
+        return tuple((id(t), t._version, t.device) for t in tensors)
+
+    def _folded_modules(self) -> Tuple[nn.Module, nn.Module]:
+        """``backbone`` and ``proj`` with BatchNorm folded (eval only), cached until a weight or
+        running statistic changes (training, loading, moving to another device)."""
+        sig = self._weights_signature()
+        if self._folded is not None and self._folded[0] == sig:
+            return self._folded[1], self._folded[2]
+        with torch.inference_mode(False), torch.no_grad():
+            backbone = copy.deepcopy(self.backbone).eval().requires_grad_(False)
+            proj = copy.deepcopy(self.proj).eval().requires_grad_(False)
+            n = fold_batch_norms(backbone) + fold_batch_norms(proj)
+            if self.channels_last:
+                backbone.to(memory_format=torch.channels_last)
+                proj.to(memory_format=torch.channels_last)
+            # the sibling-order assumption is checked on a random input; on failure, no folding
+            div = max(self.backbone.size_divisibility, 32)
+            g = torch.Generator().manual_seed(0)  # leaves the global RNG untouched
+            x = torch.randn(1, 3, 2 * div, 2 * div, generator=g).to(self.device)
+            ref = self.proj(self.backbone(x), x.shape[-2:])
+            got = proj(backbone(x), x.shape[-2:])
+            err = float((ref - got).abs().max() / ref.abs().max().clamp(min=1e-6))
+        if err > 1e-3:
+            logger.warning(
+                f"MODEL.CLIPDISTILL.FOLD_BN: the folded copy differs from the model (relative "
+                f"error {err:.2e}); inference runs without folding."
+            )
+            backbone, proj = self.backbone, self.proj
+        else:
+            logger.debug(f"Folded {n} BatchNorms into convolutions for inference.")
+        self._folded = (sig, backbone, proj)
+        return backbone, proj
+
     def forward(self, batched_inputs: List[dict]):
-        images = self.preprocess(batched_inputs)
-        feats = self.student_features(images.tensor)
         if self.training:
-            return self.losses(batched_inputs, images, feats)
-        return self.inference(batched_inputs, images, feats)
+            images = self.preprocess(batched_inputs)
+            return self.losses(batched_inputs, images, self.student_features(images.tensor))
+        # inference_mode where valid: no gradients requested and nothing records the graph
+        use_inference_mode = not torch.is_grad_enabled() and not is_exporting()
+        with torch.inference_mode() if use_inference_mode else contextlib.nullcontext():
+            images = self.preprocess(batched_inputs)
+            with self._inference_autocast():
+                feats = self.student_features(images.tensor)
+            return self.inference(batched_inputs, images, feats)
+
+    def _inference_autocast(self):
+        """Autocast to ``INFERENCE_DTYPE`` on CUDA; a no-op elsewhere or for float32."""
+        if self.device.type != "cuda" or self.inference_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.inference_dtype)
 
     # ---------------------------------------------------------------- training
     def _valid_mask(self, images: ImageList, feat_hw) -> torch.Tensor:
@@ -185,7 +308,9 @@ class SegStudent(nn.Module):
             out.append(F.interpolate(img, size=size, mode="bilinear", align_corners=False))
         return torch.cat(out)
 
-    def losses(self, batched_inputs, images: ImageList, feats: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def losses(
+        self, batched_inputs, images: ImageList, feats: torch.Tensor
+    ) -> Dict[str, torch.Tensor]:
         w = self.loss_weights
         losses = {}
         if w["loss_ce"] > 0:
@@ -201,9 +326,31 @@ class SegStudent(nn.Module):
             losses["loss_ce"] = L.ce_loss(logits, targets, self.ignore_value) * w["loss_ce"]
         f = feats.flatten(2)
         mask = self._valid_mask(images, feats.shape[-2:])
+        if self.use_teacher_cache:
+            needed = [
+                k
+                for k, on in (
+                    ("teacher_global", w["loss_global"] > 0 or w["loss_local"] > 0),
+                    ("teacher_dense", w["loss_dense"] > 0),
+                )
+                if on
+            ]
+            for k in needed:
+                if k not in batched_inputs[0]:
+                    raise ValueError(
+                        f"MODEL.CLIPDISTILL.TEACHER_CACHE.ENABLED but the training inputs have no "
+                        f"{k!r}: build the train loader with SemSegDatasetMapper(cfg, True), which "
+                        "reads the cache (tools/cache_teacher.py builds it)."
+                    )
         if w["loss_global"] > 0 or w["loss_local"] > 0:
-            size = self.teacher.image_size
-            cg = self.teacher.encode_image(self._teacher_batch(batched_inputs, images, (size, size)))
+            if self.use_teacher_cache:
+                cg = torch.stack([x["teacher_global"] for x in batched_inputs])
+                cg = F.normalize(cg.to(self.device, torch.float32), dim=1)
+            else:
+                size = self.teacher.image_size
+                cg = self.teacher.encode_image(
+                    self._teacher_batch(batched_inputs, images, (size, size))
+                )
             if w["loss_global"] > 0:
                 losses["loss_global"] = w["loss_global"] * L.global_loss(
                     f, cg, self.temperature, mask, self.gather
@@ -213,17 +360,22 @@ class SegStudent(nn.Module):
                     f, cg, self.temperature, self.attn_temperature, mask, self.gather
                 )
         if w["loss_dense"] > 0:
-            size = self.teacher.dense_image_size
-            td = self.teacher.encode_image_dense(
-                self._teacher_batch(batched_inputs, images, (size, size)), size=(size, size)
-            )
+            if self.use_teacher_cache:
+                td = torch.stack([x["teacher_dense"] for x in batched_inputs])
+                td = td.to(self.device, torch.float32)
+            else:
+                size = self.teacher.dense_image_size
+                td = self.teacher.encode_image_dense(
+                    self._teacher_batch(batched_inputs, images, (size, size)), size=(size, size)
+                )
             ph, pw = images.tensor.shape[-2:]
             h, wd = feats.shape[-2:]
             crops = []
             for i, (ih, iw) in enumerate(images.image_sizes):
                 fi = feats[i : i + 1, :, : max(1, -(-ih * h // ph)), : max(1, -(-iw * wd // pw))]
-                crops.append(F.interpolate(fi, size=td.shape[-2:], mode="bilinear",
-                                           align_corners=False))
+                crops.append(
+                    F.interpolate(fi, size=td.shape[-2:], mode="bilinear", align_corners=False)
+                )
             losses["loss_dense"] = w["loss_dense"] * L.dense_loss(torch.cat(crops), td)
         if self.seg_head.open_vocabulary:
             get_event_storage().put_scalar("logit_scale", float(self.seg_head.logit_scale.detach()))
@@ -231,15 +383,33 @@ class SegStudent(nn.Module):
 
     # ---------------------------------------------------------------- inference
     def inference(self, batched_inputs, images: ImageList, feats: torch.Tensor) -> List[dict]:
-        results = []
+        """Per-class logits at each input's original size.
+
+        Images sharing a vocabulary go through one head call and one upsampling; the text
+        embeddings come from the per-vocabulary cache (``_head_text``).
+        """
+        groups: "OrderedDict[Tuple[str, ...], List[int]]" = OrderedDict()
+        for i, x in enumerate(batched_inputs):
+            vocab = tuple(self.vocabulary_for(x)) if self.seg_head.open_vocabulary else ()
+            groups.setdefault(vocab, []).append(i)
         padded_hw = images.tensor.shape[-2:]
-        for i, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
-            text = None
-            if self.seg_head.open_vocabulary:
-                text = self.text_embeddings(self.vocabulary_for(x))
-            logits = self.seg_head(feats[i : i + 1], text)
-            logits = F.interpolate(logits, size=padded_hw, mode="bilinear", align_corners=False)[0]
-            height = x.get("height", image_size[0])
-            width = x.get("width", image_size[1])
-            results.append({"sem_seg": sem_seg_postprocess(logits, image_size, height, width)})
+        results: List[Optional[dict]] = [None] * len(batched_inputs)
+        for vocab, idx in groups.items():
+            text = self._head_text(vocab, feats.dtype) if vocab else None
+            f = feats if len(idx) == len(batched_inputs) else feats[idx]
+            with self._inference_autocast():
+                logits = self.seg_head(f, text)
+            logits = F.interpolate(
+                logits.float(), size=padded_hw, mode="bilinear", align_corners=False
+            )
+            for j, i in enumerate(idx):
+                x, image_size = batched_inputs[i], images.image_sizes[i]
+                height = x.get("height", image_size[0])
+                width = x.get("width", image_size[1])
+                if (height, width) == tuple(image_size):
+                    # what sem_seg_postprocess returns, minus its same-size (identity) resize
+                    sem_seg = logits[j, :, : image_size[0], : image_size[1]]
+                else:
+                    sem_seg = sem_seg_postprocess(logits[j], image_size, height, width)
+                results[i] = {"sem_seg": sem_seg}
         return results

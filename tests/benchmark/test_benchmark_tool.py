@@ -1,0 +1,92 @@
+"""tools/benchmark.py on the tiny offline config: runs, prints a table, writes JSON with every
+field (speed itself is measured by the command, never asserted by a test)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+from clipdistill.benchmark import INFERENCE_FIELDS, TRAINING_FIELDS, registered_segmenters
+from common import REPO, TINY_OPTS
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+
+
+def test_benchmark_command_writes_complete_json(tmp_path):
+    out = tmp_path / "bench" / "result.json"
+    cmd = [
+        sys.executable,
+        "tools/benchmark.py",
+        "--config-file",
+        os.path.join(REPO, "configs", "voc_toy.yaml"),
+        "--device",
+        "cpu",
+        "--size",
+        "64",
+        "--batch-size",
+        "2",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--train-batch-size",
+        "2",
+        "--train-size",
+        "64",
+        "--output",
+        str(out),
+    ] + TINY_OPTS
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "images/s" in p.stdout and "s/iter" in p.stdout and "GMACs" in p.stdout
+    res = json.loads(out.read_text())
+
+    meta = res["meta"]
+    assert meta["device"] == "cpu" and meta["size"] == 64 and meta["batch_size"] == 2
+    assert "multiply-add" in meta["flop_convention"]
+    assert meta["command"].startswith("python tools/benchmark.py")
+
+    names = [r["name"] for r in res["inference"]]
+    assert "SegStudent" in registered_segmenters()
+    for expected in registered_segmenters() + [
+        "CLIP teacher global (encode_image)",
+        "CLIP teacher dense (encode_image_dense)",
+    ]:
+        assert expected in names
+    for row in res["inference"]:
+        assert set(INFERENCE_FIELDS) <= set(row), row
+        for k in (
+            "params_m",
+            "gflops_per_image",
+            "latency_ms",
+            "latency_ms_min",
+            "images_per_s",
+            "peak_mem_mb",
+        ):
+            assert _number(row[k]), (row["name"], k, row[k])
+        assert row["params_m"] > 0 and row["gflops_per_image"] > 0 and row["images_per_s"] > 0
+    student = res["inference"][names.index("SegStudent")]
+    assert student["input"] == "2x3x64x64"
+    # the student's count leaves the teacher out; the teacher rows count the image tower
+    assert student["params_m"] < 0.2
+
+    assert [r["name"] for r in res["training"]] == ["ce_only", "distill_online", "distill_cached"]
+    for row in res["training"]:
+        assert set(TRAINING_FIELDS) <= set(row), row
+        assert _number(row["s_per_iter"]) and row["s_per_iter"] > 0
+        assert _number(row["peak_mem_mb"])
+        assert all(math.isfinite(v) for v in row["losses"].values())
+    assert set(res["training"][0]["losses"]) == {"loss_ce"}
+    assert {"loss_global", "loss_local"} <= set(res["training"][2]["losses"])
+
+    assert _number(res["cache_warp_ms_per_image"])
+    for k in (
+        "student_vs_teacher_dense_throughput",
+        "distill_cached_vs_ce_step",
+        "distill_online_vs_ce_step",
+    ):
+        assert _number(res["ratios"][k]), k

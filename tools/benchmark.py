@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Measure the student, the CLIP teacher (global + dense) and every registered segmenter in one
+process: parameters, FLOPs (fvcore: 1 fused multiply-add = 1 flop, i.e. MACs), median latency and
+images/s, peak memory, and the training seconds per iteration with cross-entropy only, with the
+online teacher and with the teacher-output cache.
+
+    python tools/benchmark.py --config-file configs/voc_toy.yaml --size 512 --batch-size 1 \\
+        --output out/bench.json MODEL.CLIPDISTILL.TEACHER.NAME ViT-B-16 \\
+        MODEL.CLIPDISTILL.TEACHER.WEIGHTS ""
+
+Trailing KEY VALUE pairs override the config, as in train_net.py. Random weights cost the same
+as trained ones, so no download is needed for timing.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import torch
+
+from detectron2.utils.logger import setup_logger
+
+from clipdistill.benchmark import format_table, run_benchmark
+from clipdistill.engine.setup import get_clipdistill_cfg
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config-file", default="", metavar="FILE")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: MODEL.DEVICE)")
+    p.add_argument("--size", type=int, default=512, help="square inference input side")
+    p.add_argument("--batch-size", type=int, default=1, help="inference batch size")
+    p.add_argument("--iters", type=int, default=10, help="timed iterations (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    p.add_argument("--train-iters", type=int, default=None, help="default: --iters")
+    p.add_argument(
+        "--train-batch-size", type=int, default=None, help="default: SOLVER.IMS_PER_BATCH"
+    )
+    p.add_argument("--train-size", type=int, default=None, help="default: INPUT.CROP.SIZE")
+    p.add_argument(
+        "--segmenters",
+        default=None,
+        help="comma-separated META_ARCH names (default: all registered by clipdistill)",
+    )
+    p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--skip-flops", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--output", default=None, help="write the results as JSON here")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    setup_logger(name="clipdistill")
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = get_clipdistill_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    result = run_benchmark(
+        cfg,
+        device=args.device,
+        size=args.size,
+        batch_size=args.batch_size,
+        iters=args.iters,
+        warmup=args.warmup,
+        train_iters=args.train_iters,
+        train_batch_size=args.train_batch_size,
+        train_size=args.train_size,
+        segmenters=args.segmenters.split(",") if args.segmenters else None,
+        skip_training=args.skip_training,
+        skip_flops=args.skip_flops,
+    )
+    result["meta"]["command"] = " ".join(["python", "tools/benchmark.py"] + sys.argv[1:])
+    result["meta"]["config_file"] = args.config_file
+    result["meta"]["opts"] = list(args.opts)
+    print(format_table(result))
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"results written to {args.output}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

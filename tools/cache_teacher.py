@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Run the frozen CLIP teacher once over a registered dataset and store its outputs.
+
+    python tools/cache_teacher.py --config-file configs/voc.yaml --dataset voc20_sem_seg_train
+    python tools/cache_teacher.py --config-file configs/voc.yaml --dataset voc20_sem_seg_train \\
+        --num-gpus 8 MODEL.CLIPDISTILL.TEACHER_CACHE.DIR /data/cache
+    python tools/cache_teacher.py --config-file configs/voc.yaml --dataset voc20_sem_seg_train \\
+        --verify
+
+Shards are float16 safetensors files under MODEL.CLIPDISTILL.TEACHER_CACHE.DIR/<dataset>/ with a
+manifest of sha256 checksums; an interrupted build resumes where it stopped. ``--num-gpus N``
+starts N processes (gloo on a CPU-only machine), each handling every N-th shard. Train from the
+cache with ``MODEL.CLIPDISTILL.TEACHER_CACHE.ENABLED True`` (e.g. configs/voc_toy_cached.yaml).
+Format and semantics: docs/CACHE.md.
+"""
+
+import logging
+
+from detectron2.engine import default_argument_parser, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from clipdistill.engine.setup import get_clipdistill_cfg
+from clipdistill.teacher_cache import (
+    TeacherCache,
+    build_teacher_cache,
+    cache_key,
+    dataset_cache_dir,
+)
+
+
+def main(args):
+    setup_logger(distributed_rank=comm.get_rank(), name="clipdistill")
+    setup_logger(distributed_rank=comm.get_rank(), name="detectron2")
+    cfg = get_clipdistill_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    log = logging.getLogger("clipdistill")
+    cc = cfg.MODEL.CLIPDISTILL.TEACHER_CACHE
+    for name in args.dataset:
+        directory = dataset_cache_dir(cc.DIR, name)
+        if args.verify:
+            if comm.is_main_process():
+                cache = TeacherCache(directory, cache_key(cfg, name), verify=True)
+                cache.verify_all()
+                log.info(f"Teacher cache {directory}: {len(cache)} images, all shards verified.")
+            continue
+        res = build_teacher_cache(cfg, name, cache_dir=directory, overwrite=args.overwrite)
+        # printed by every process (detectron2 logs to the console from rank 0 only)
+        print(
+            f"rank {comm.get_rank()}: {name}: computed shards {res['computed']}, skipped "
+            f"(already finished) {res['skipped']}",
+            flush=True,
+        )
+        if comm.is_main_process() and res["complete"]:
+            log.info(f"Teacher cache ready: {directory}")
+
+
+def invoke_main() -> None:
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--dataset", action="append", required=True, help="registered dataset (repeat for more)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a stale cache")
+    parser.add_argument("--verify", action="store_true", help="check every shard's sha256 only")
+    args = parser.parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()  # pragma: no cover
