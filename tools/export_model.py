@@ -22,7 +22,7 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from clipdistill.deploy.cli import add_config_arguments, fail, load_cfg, parse_args
+from clipdistill.deploy.cli import config_parser, fail, load_cfg, parse_args
 
 PROG = "export_model.py"
 
@@ -38,13 +38,7 @@ def _size(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]),
-    )
-    add_config_arguments(parser)
+    parser = config_parser(PROG, __doc__)
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
     parser.add_argument(
         "--class-names",

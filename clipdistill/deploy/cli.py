@@ -47,6 +47,20 @@ def split_config_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
     return argv, []
 
 
+def config_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A tool's parser: description and epilog from its module docstring ``doc``, plus
+    ``--config-file`` and ``--opts`` (``add_config_arguments``)."""
+    lines = doc.splitlines()
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=lines[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(lines[1:]),
+    )
+    add_config_arguments(parser)
+    return parser
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-file", required=True, metavar="FILE", help="config file")
     parser.add_argument(

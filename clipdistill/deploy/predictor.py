@@ -24,36 +24,12 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from ..engine.checkpoint import StudentCheckpointer
+from ..modeling.teacher.clip_teacher import check_class_names
 from ..utils.visualize import class_colors, overlay_with_legend
 
 __all__ = ["SegPredictor", "SegResult", "check_class_names", "parse_class_names", "read_image_rgb"]
 
 logger = logging.getLogger(__name__)
-
-
-def check_class_names(class_names: Sequence[str]) -> List[str]:
-    """Strip ``class_names`` and reject an empty list, empty names and duplicates.
-
-    Raises:
-        ValueError: with a message meant for the user (command line, web page).
-    """
-    if isinstance(class_names, str):
-        raise ValueError(f"class names must be a list of names, not the string {class_names!r}")
-    raw = [str(n) for n in class_names]
-    if not raw:
-        raise ValueError("no class names given: give at least one class name")
-    names = [n.strip() for n in raw]
-    empty = [i + 1 for i, n in enumerate(names) if not n]
-    if empty:
-        raise ValueError(f"empty class name at position {empty} of {raw!r}")
-    seen, dups = set(), []
-    for n in names:
-        if n in seen and n not in dups:
-            dups.append(n)
-        seen.add(n)
-    if dups:
-        raise ValueError(f"duplicated class names {dups!r} in {raw!r}: each class must be unique")
-    return names
 
 
 def parse_class_names(text: str) -> List[str]:

@@ -598,7 +598,7 @@ class CLIPTeacher(nn.Module):
         Raises:
             ValueError: empty list, empty names or duplicate names.
         """
-        names = _check_class_names(class_names)
+        names = check_class_names(class_names)
         key = tuple(names)
         emb = self._text_cache.get(key)
         if emb is None:
@@ -742,21 +742,28 @@ def _to_2tuple(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
-def _check_class_names(class_names: Sequence[str]) -> List[str]:
-    """Strip class names and reject an empty list, empty names and duplicates."""
+def check_class_names(class_names: Sequence[str]) -> List[str]:
+    """Strip class names and reject an empty list, empty names and duplicates.
+
+    The one validation of a vocabulary (teacher, predictor, demo, web demo); its messages are
+    meant for users.
+
+    Raises:
+        ValueError: naming the offending names.
+    """
     if isinstance(class_names, str):
         raise ValueError(
             f"class_names must be a sequence of names, not the string {class_names!r}."
         )
-    raw = list(class_names)
+    raw = [str(n) for n in class_names]
     if not raw:
-        raise ValueError("class_names is empty: the teacher needs at least one class name.")
-    names = [str(n).strip() for n in raw]
-    empty = [i for i, n in enumerate(names) if not n]
+        raise ValueError("no class names given: class_names is empty (give at least one name).")
+    names = [n.strip() for n in raw]
+    empty = [i + 1 for i, n in enumerate(names) if not n]
     if empty:
         raise ValueError(
-            f"class_names has empty names at positions {empty} "
-            f"({[raw[i] for i in empty]!r}); names: {raw!r}"
+            f"empty class name at position {empty} "
+            f"({[raw[i - 1] for i in empty]!r}); empty names are not allowed: {raw!r}"
         )
     seen, dups = set(), []
     for n in names:
@@ -764,7 +771,10 @@ def _check_class_names(class_names: Sequence[str]) -> List[str]:
             dups.append(n)
         seen.add(n)
     if dups:
-        raise ValueError(f"class_names has duplicates (after stripping): {dups!r}; names: {raw!r}")
+        raise ValueError(
+            f"duplicated class names {dups!r}: each class must be unique (class_names has "
+            f"duplicates after stripping: {raw!r})"
+        )
     return names
 
 
