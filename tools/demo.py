@@ -16,7 +16,7 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from clipdistill.deploy.cli import config_parser, fail, load_cfg, parse_args
+from clipdistill.deploy.cli import USER_ERRORS, config_parser, fail, load_cfg, parse_args
 
 PROG = "demo.py"
 
@@ -57,13 +57,12 @@ def main(argv=None) -> int:
     logger = logging.getLogger("clipdistill.demo")
 
     from clipdistill.deploy import SegPredictor, run_demo
-    from clipdistill.engine.checkpoint import CheckpointMismatchError
 
     try:
         cfg = load_cfg(args)
         predictor = SegPredictor(cfg, class_names=args.class_names)
-    except (CheckpointMismatchError, FileNotFoundError, KeyError, ValueError) as e:
-        return fail(PROG, str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
+    except USER_ERRORS as e:
+        return fail(PROG, e)
     logger.info(f"vocabulary ({len(predictor.class_names)}): {predictor.class_names}")
     report = run_demo(
         predictor,

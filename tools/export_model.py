@@ -22,7 +22,7 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from clipdistill.deploy.cli import config_parser, fail, load_cfg, parse_args
+from clipdistill.deploy.cli import USER_ERRORS, config_parser, fail, load_cfg, parse_args
 
 PROG = "export_model.py"
 
@@ -116,7 +116,6 @@ def main(argv=None) -> int:
 
     from clipdistill.deploy import SegPredictor
     from clipdistill.deploy import export as E
-    from clipdistill.engine.checkpoint import CheckpointMismatchError
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,8 +123,8 @@ def main(argv=None) -> int:
     try:
         cfg = load_cfg(args)
         predictor = SegPredictor(cfg, class_names=args.class_names)
-    except (CheckpointMismatchError, FileNotFoundError, KeyError, ValueError) as e:
-        return fail(PROG, str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
+    except USER_ERRORS as e:
+        return fail(PROG, e)
     model = predictor.model
     module = E.ExportableSegmenter(model, predictor.class_names, output=args.output_kind)
     os.makedirs(args.output, exist_ok=True)

@@ -17,6 +17,7 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 import clipdistill  # noqa: F401  (registers datasets)
+from clipdistill.deploy.cli import USER_ERRORS, fail
 from clipdistill.utils.visualize import render_prediction_file
 
 PROG = "visualize_json_results.py"
@@ -56,10 +57,8 @@ def main(argv=None) -> int:
             min_area=args.min_area,
             alpha=args.alpha,
         )
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return fail(PROG, e)
     for file_name, why in failed:
         logger.warning(f"Skipped {file_name}: {why}")
     total = len(written) + len(failed)
@@ -67,8 +66,7 @@ def main(argv=None) -> int:
         f"Rendered {len(written)} of {total} images into {args.output}; " f"{len(failed)} failed"
     )
     if failed and not written:
-        print(f"{PROG}: error: none of the {total} images could be rendered", file=sys.stderr)
-        return 1
+        return fail(PROG, f"none of the {total} images could be rendered", code=1)
     return 0
 
 

@@ -14,7 +14,7 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from clipdistill.deploy.cli import config_parser, fail, load_cfg, parse_args
+from clipdistill.deploy.cli import USER_ERRORS, config_parser, fail, load_cfg, parse_args
 
 PROG = "web_demo.py"
 
@@ -41,13 +41,12 @@ def main(argv=None) -> int:
 
     from clipdistill.deploy import SegPredictor
     from clipdistill.deploy.web import build_app, launch
-    from clipdistill.engine.checkpoint import CheckpointMismatchError
 
     try:
         cfg = load_cfg(args)
         predictor = SegPredictor(cfg, class_names=args.class_names)
-    except (CheckpointMismatchError, FileNotFoundError, KeyError, ValueError) as e:
-        return fail(PROG, str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
+    except USER_ERRORS as e:
+        return fail(PROG, e)
     app = build_app(predictor)
     logger.info(f"serving on http://{args.host}:{args.port}")
     launch(app, host=args.host, port=args.port, block=True)

@@ -91,7 +91,17 @@ def load_cfg(args):
     return get_clipdistill_cfg(args.config_file, args.opts)
 
 
-def fail(prog: str, message: str, code: int = 2) -> int:
-    """Print ``prog: error: message`` to stderr (no traceback) and return ``code``."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
+#: errors a tool reports as a one-line message (bad config key, missing file, bad vocabulary,
+#: mismatching checkpoint: ``CheckpointMismatchError`` is a ``ValueError``)
+USER_ERRORS = (FileNotFoundError, KeyError, ValueError)
+
+
+def fail(prog: str, error, code: int = 2) -> int:
+    """Print ``prog: error: <message>`` to stderr (no traceback) and return ``code``.
+
+    ``error`` is a message or an exception (a ``KeyError``'s message is shown without quotes).
+    """
+    if isinstance(error, KeyError) and error.args:
+        error = error.args[0]
+    print(f"{prog}: error: {error}", file=sys.stderr)
     return code

@@ -23,6 +23,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from ..data.dataset_mappers import build_sem_seg_augmentation
 from ..engine.checkpoint import StudentCheckpointer
 from ..modeling.teacher.clip_teacher import check_class_names
 from ..utils.visualize import class_colors, overlay_with_legend
@@ -125,10 +126,8 @@ class SegPredictor:
             raise ValueError("MODEL.WEIGHTS is empty: pass a trained checkpoint")
         else:
             logger.warning("MODEL.WEIGHTS is empty: the student is randomly initialised")
-        self.aug = T.ResizeShortestEdge(
-            [self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MIN_SIZE_TEST],
-            self.cfg.INPUT.MAX_SIZE_TEST,
-        )
+        # the evaluation mapper's geometry, so the demo sees what the evaluator saw
+        self.augs = T.AugmentationList(build_sem_seg_augmentation(self.cfg, is_train=False))
         self.input_format = self.cfg.INPUT.FORMAT
         train = self.cfg.DATASETS.TRAIN
         self.train_metadata = MetadataCatalog.get(train[0]) if train else None
@@ -175,7 +174,9 @@ class SegPredictor:
         h, w = image.shape[:2]
         if self.input_format == "BGR":
             image = np.ascontiguousarray(image[:, :, ::-1])
-        resized = self.aug.get_transform(image).apply_image(image)
+        aug_input = T.AugInput(image)
+        self.augs(aug_input)
+        resized = aug_input.image
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         return {"image": tensor, "height": h, "width": w}
 

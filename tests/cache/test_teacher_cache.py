@@ -155,12 +155,10 @@ def test_unaugmented_mapper_targets_equal_the_online_student_targets(built, data
     out = mapper(dict(d))
     inputs = [out]
     size = model.teacher.image_size
-    cg = model.teacher.encode_image(model._teacher_batch(inputs, None, (size, size)))[0]
+    cg = model.teacher.encode_image(model._teacher_batch(inputs, (size, size)))[0]
     torch.testing.assert_close(out["teacher_global"].float(), cg, atol=ATOL, rtol=0)
     ds = model.teacher.dense_image_size
-    td = model.teacher.encode_image_dense(
-        model._teacher_batch(inputs, None, (ds, ds)), size=(ds, ds)
-    )[0]
+    td = model.teacher.encode_image_dense(model._teacher_batch(inputs, (ds, ds)), size=(ds, ds))[0]
     assert out["teacher_dense"].shape == td.shape == (64, 4, 4)
     torch.testing.assert_close(out["teacher_dense"].float(), td, atol=ATOL, rtol=0)
 

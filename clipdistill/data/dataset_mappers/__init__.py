@@ -1,3 +1,3 @@
-from .semantic_mapper import SemSegDatasetMapper, read_sem_seg_label
+from .semantic_mapper import SemSegDatasetMapper, build_sem_seg_augmentation, read_sem_seg_label
 
-__all__ = ["SemSegDatasetMapper", "read_sem_seg_label"]
+__all__ = ["SemSegDatasetMapper", "build_sem_seg_augmentation", "read_sem_seg_label"]

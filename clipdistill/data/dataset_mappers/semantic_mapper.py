@@ -18,7 +18,18 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-__all__ = ["SemSegDatasetMapper", "read_sem_seg_label"]
+__all__ = ["SemSegDatasetMapper", "build_sem_seg_augmentation", "read_sem_seg_label"]
+
+
+def build_sem_seg_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
+    """detectron2's ``build_augmentation`` (shortest-edge resize; flip in training) with
+    ``INPUT.CROP`` applied after the resize in training, as semantic segmentation trains on crops
+    of the resized image. The one definition of the geometry, shared by the mapper and
+    ``clipdistill.deploy.SegPredictor``."""
+    augs = utils.build_augmentation(cfg, is_train)
+    if is_train and cfg.INPUT.CROP.ENABLED:
+        augs.insert(1, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+    return augs
 
 
 def read_sem_seg_label(path: str) -> np.ndarray:
@@ -100,27 +111,7 @@ class SemSegDatasetMapper:
                 f"Datasets {list(dataset_names)} mix ignore labels {sorted(ignore)} or class "
                 f"counts {sorted(ncls)}; one mapper cannot serve them together"
             )
-        if is_train:
-            augs = [
-                T.ResizeShortestEdge(
-                    cfg.INPUT.MIN_SIZE_TRAIN,
-                    cfg.INPUT.MAX_SIZE_TRAIN,
-                    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
-                )
-            ]
-            if cfg.INPUT.CROP.ENABLED:
-                augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
-            if cfg.INPUT.RANDOM_FLIP != "none":
-                augs.append(
-                    T.RandomFlip(
-                        horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
-                        vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
-                    )
-                )
-        else:
-            augs = [
-                T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
-            ]
+        augs = build_sem_seg_augmentation(cfg, is_train)
         teacher_cache = None
         if is_train and cfg.MODEL.CLIPDISTILL.TEACHER_CACHE.ENABLED:
             from ...teacher_cache import open_teacher_caches

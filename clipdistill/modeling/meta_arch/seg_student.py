@@ -195,7 +195,7 @@ class SegStudent(nn.Module):
         """``[K, C]`` text embeddings of ``class_names`` (cached by the teacher)."""
         return self.teacher.encode_text(list(class_names)).to(self.device)
 
-    #: vocabularies kept ready for the head at inference (least recently used dropped first)
+    #: vocabularies kept ready for the head (least recently used dropped first)
     VOCAB_CACHE_SIZE = 8
 
     def _head_text(self, class_names: Sequence[str], dtype: torch.dtype) -> torch.Tensor:
@@ -291,16 +291,23 @@ class SegStudent(nn.Module):
         return torch.autocast("cuda", dtype=self.inference_dtype)
 
     # ---------------------------------------------------------------- training
-    def _valid_mask(self, images: ImageList, feat_hw) -> torch.Tensor:
-        """``[B, h*w]`` bool: feature locations that cover the unpadded image."""
+    @staticmethod
+    def _valid_extents(images: ImageList, feat_hw) -> List[Tuple[int, int]]:
+        """Per image, the ``(rows, cols)`` of feature cells that cover its unpadded area."""
         h, w = feat_hw
         ph, pw = images.tensor.shape[-2:]
-        mask = torch.zeros(len(images), h, w, dtype=torch.bool, device=self.device)
-        for i, (ih, iw) in enumerate(images.image_sizes):
-            mask[i, : max(1, -(-ih * h // ph)), : max(1, -(-iw * w // pw))] = True
+        return [
+            (max(1, -(-ih * h // ph)), max(1, -(-iw * w // pw))) for ih, iw in images.image_sizes
+        ]
+
+    def _valid_mask(self, images: ImageList, feat_hw) -> torch.Tensor:
+        """``[B, h*w]`` bool: feature locations that cover the unpadded image."""
+        mask = torch.zeros(len(images), *feat_hw, dtype=torch.bool, device=self.device)
+        for i, (rows, cols) in enumerate(self._valid_extents(images, feat_hw)):
+            mask[i, :rows, :cols] = True
         return mask.flatten(1)
 
-    def _teacher_batch(self, batched_inputs, images: ImageList, size) -> torch.Tensor:
+    def _teacher_batch(self, batched_inputs, size) -> torch.Tensor:
         """Unpadded 0..255 images resized to ``size`` and stacked for the teacher."""
         out = []
         for x in batched_inputs:
@@ -320,8 +327,9 @@ class SegStudent(nn.Module):
             targets = ImageList.from_tensors(
                 targets, self.backbone.size_divisibility, self.ignore_value
             ).tensor
-            names = self.train_vocabulary
-            text = self.text_embeddings(names) if self.seg_head.open_vocabulary else None
+            text = None
+            if self.seg_head.open_vocabulary:
+                text = self._head_text(self.train_vocabulary, feats.dtype)
             logits = self.seg_head(feats, text)
             losses["loss_ce"] = L.ce_loss(logits, targets, self.ignore_value) * w["loss_ce"]
         f = feats.flatten(2)
@@ -348,9 +356,7 @@ class SegStudent(nn.Module):
                 cg = F.normalize(cg.to(self.device, torch.float32), dim=1)
             else:
                 size = self.teacher.image_size
-                cg = self.teacher.encode_image(
-                    self._teacher_batch(batched_inputs, images, (size, size))
-                )
+                cg = self.teacher.encode_image(self._teacher_batch(batched_inputs, (size, size)))
             if w["loss_global"] > 0:
                 losses["loss_global"] = w["loss_global"] * L.global_loss(
                     f, cg, self.temperature, mask, self.gather
@@ -366,16 +372,17 @@ class SegStudent(nn.Module):
             else:
                 size = self.teacher.dense_image_size
                 td = self.teacher.encode_image_dense(
-                    self._teacher_batch(batched_inputs, images, (size, size)), size=(size, size)
+                    self._teacher_batch(batched_inputs, (size, size)), size=(size, size)
                 )
-            ph, pw = images.tensor.shape[-2:]
-            h, wd = feats.shape[-2:]
-            crops = []
-            for i, (ih, iw) in enumerate(images.image_sizes):
-                fi = feats[i : i + 1, :, : max(1, -(-ih * h // ph)), : max(1, -(-iw * wd // pw))]
-                crops.append(
-                    F.interpolate(fi, size=td.shape[-2:], mode="bilinear", align_corners=False)
+            crops = [
+                F.interpolate(
+                    feats[i : i + 1, :, :rows, :cols],
+                    size=td.shape[-2:],
+                    mode="bilinear",
+                    align_corners=False,
                 )
+                for i, (rows, cols) in enumerate(self._valid_extents(images, feats.shape[-2:]))
+            ]
             losses["loss_dense"] = w["loss_dense"] * L.dense_loss(torch.cat(crops), td)
         if self.seg_head.open_vocabulary:
             get_event_storage().put_scalar("logit_scale", float(self.seg_head.logit_scale.detach()))
