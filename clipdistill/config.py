@@ -1,17 +1,53 @@
-"""Configuration keys of clipdistill (``add_clipdistill_config``).
+"""Configuration keys of clipdistill: one ``add_<arch>_config`` per architecture, all applied by
+``add_clipdistill_config`` (as detectron2 projects do, every architecture's keys exist in every
+config; ``MODEL.META_ARCHITECTURE`` picks the one that is read).
 
-Every key added here is read by exactly one component; ``tests/test_config.py`` checks that none is
-dead. Core detectron2 keys that the project reuses (``MODEL.SEM_SEG_HEAD.*``, ``INPUT.CROP``, ...)
-keep their detectron2 meaning.
+Every key is commented and read somewhere; ``tests/test_config.py`` checks that none is dead. Core
+detectron2 keys that the project reuses (``MODEL.SEM_SEG_HEAD.*``, ``INPUT.CROP``, ...) keep their
+detectron2 meaning.
 """
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_clipdistill_config"]
+__all__ = [
+    "add_clipdistill_config",
+    "add_engine_config",
+    "add_clip_teacher_config",
+    "add_segstudent_config",
+]
 
 
 def add_clipdistill_config(cfg: CN) -> None:
-    """Add clipdistill's keys (with their defaults) to a detectron2 config, in place."""
+    """Add every architecture's keys (with their defaults) to a detectron2 config, in place."""
+    add_engine_config(cfg)
+    add_clip_teacher_config(cfg)
+    add_segstudent_config(cfg)
+
+
+def add_engine_config(cfg: CN) -> None:
+    """Keys of the Trainer shared by every architecture (clipdistill/engine)."""
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+
+
+def add_clip_teacher_config(cfg: CN) -> None:
+    """The frozen CLIP teacher (clipdistill/modeling/teacher): the student's distillation target
+    and the CLIP that the training-free segmenters apply densely."""
+    cfg.MODEL.CLIPDISTILL = CN()
+    cfg.MODEL.CLIPDISTILL.TEACHER = CN()
+    cfg.MODEL.CLIPDISTILL.TEACHER.NAME = "ViT-B-16"  # open_clip model name
+    # open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...), a local weights file, or
+    # "" for a randomly initialised teacher (tests and the toy config only).
+    cfg.MODEL.CLIPDISTILL.TEACHER.WEIGHTS = "openai"
+    cfg.MODEL.CLIPDISTILL.TEACHER.IMAGE_SIZE = 224  # input side for the global embedding Cg
+    cfg.MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE = 448  # input side for dense features Td
+    # Prompt templates: "openai" (80), "simple" (7) or "single" ("a photo of a {}.").
+    cfg.MODEL.CLIPDISTILL.TEACHER.TEMPLATES = "openai"
+    # On-disk cache of text embeddings; "" means $XDG_CACHE_HOME/clipdistill/text_embeddings.
+    cfg.MODEL.CLIPDISTILL.TEACHER.TEXT_CACHE_DIR = ""
+
+
+def add_segstudent_config(cfg: CN) -> None:
+    """The distilled student ``SegStudent`` (clipdistill/modeling/meta_arch/seg_student.py)."""
     # ---- student backbone: any `features_only` timm model (clipdistill/modeling/backbone) ----
     cfg.MODEL.TIMM = CN()
     cfg.MODEL.TIMM.NAME = "efficientnet_b0"  # timm model name
@@ -24,20 +60,6 @@ def add_clipdistill_config(cfg: CN) -> None:
     # ---- the student's open-vocabulary head (clipdistill/modeling/heads) ----
     # Initial value of the learnable logit scale s in logits = s * <F, T_k> + b.
     cfg.MODEL.SEM_SEG_HEAD.LOGIT_SCALE_INIT = 10.0
-
-    cfg.MODEL.CLIPDISTILL = CN()
-    # ---- frozen CLIP teacher (clipdistill/modeling/teacher) ----
-    cfg.MODEL.CLIPDISTILL.TEACHER = CN()
-    cfg.MODEL.CLIPDISTILL.TEACHER.NAME = "ViT-B-16"  # open_clip model name
-    # open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...), a local weights file, or
-    # "" for a randomly initialised teacher (tests and the toy config only).
-    cfg.MODEL.CLIPDISTILL.TEACHER.WEIGHTS = "openai"
-    cfg.MODEL.CLIPDISTILL.TEACHER.IMAGE_SIZE = 224  # input side for the global embedding Cg
-    cfg.MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE = 448  # input side for dense features Td
-    # Prompt templates: "openai" (80), "simple" (7) or "single" ("a photo of a {}.").
-    cfg.MODEL.CLIPDISTILL.TEACHER.TEMPLATES = "openai"
-    # On-disk cache of text embeddings; "" means $XDG_CACHE_HOME/clipdistill/text_embeddings.
-    cfg.MODEL.CLIPDISTILL.TEACHER.TEXT_CACHE_DIR = ""
 
     # Compute dtype of the student at inference on CUDA: "float32", "float16" or "bfloat16"
     # (autocast around backbone -> head; logits are upsampled in float32). Ignored on the CPU,
@@ -77,6 +99,5 @@ def add_clipdistill_config(cfg: CN) -> None:
     # Gather embeddings from all processes so InfoNCE sees the global batch as negatives.
     cfg.MODEL.CLIPDISTILL.LOSS.GATHER = True
 
-    # ---- optimizer (clipdistill/engine/trainer.py) ----
-    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
-    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0  # lr factor of the (pretrained) backbone parameters
+    # lr factor of the (pretrained) backbone parameters (SegStudent.lr_factor)
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0

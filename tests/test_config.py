@@ -3,6 +3,7 @@
 import glob
 import os
 import re
+import tokenize
 
 import pytest
 
@@ -50,8 +51,42 @@ def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
         tiny_cfg(config_file=str(bad))
 
 
+def _code_without_strings(path):
+    """The source of ``path`` with string literals and comments removed (an error message that
+    names a key does not read it)."""
+    with open(path, "rb") as f:
+        tokens = [
+            t
+            for t in tokenize.tokenize(f.readline)
+            if t.type not in (tokenize.STRING, tokenize.COMMENT)
+            and not t.type == getattr(tokenize, "FSTRING_START", -1)
+        ]
+    return " ".join(t.string for t in tokens if t.string.strip())
+
+
+def _read_keys(sources):
+    """Full dotted keys read in ``sources``: ``cfg.A.B.C`` directly, or ``x.C`` where
+    ``x = cfg.A.B`` (a local alias of a config node)."""
+    attr = r"[A-Z][A-Z0-9_]*"
+    read = set()
+    for src in sources:
+        chain = re.compile(rf"\b(\w+)((?:\s*\.\s*{attr})+)")
+        aliases = {}
+        for m in re.finditer(rf"\b(\w+)\s*=\s*\w+((?:\s*\.\s*{attr})+)", src):
+            aliases[m.group(1)] = re.sub(r"\s", "", m.group(2)).lstrip(".")
+        for m in chain.finditer(src):
+            head, path = m.group(1), re.sub(r"\s", "", m.group(2)).lstrip(".")
+            if head in aliases:
+                path = aliases[head] + "." + path
+            parts = path.split(".")
+            for i in range(1, len(parts) + 1):
+                read.add(".".join(parts[:i]))
+    return read
+
+
 def test_no_dead_config_keys():
-    """Every key added by add_clipdistill_config is read somewhere in the package."""
+    """Every key added by add_clipdistill_config is read somewhere in the package, by its full
+    dotted path (directly, or through a local alias of its parent node)."""
     base = get_cfg()
     cfg = get_cfg()
     add_clipdistill_config(cfg)
@@ -65,17 +100,40 @@ def test_no_dead_config_keys():
 
     added = set(flat(cfg)) - set(flat(base))
     assert added
-    sources = ""
-    for path in glob.glob(os.path.join(REPO, "clipdistill", "**", "*.py"), recursive=True):
-        if not path.endswith("config.py"):
-            sources += open(path).read()
-    dead = []
-    for key in sorted(added):
-        parent, leaf = key.rsplit(".", 1)
-        # read as cfg.<...>.<PARENT_LEAF>.<LEAF> or via a local alias of the parent node
-        if not re.search(rf"\.{leaf}\b", sources):
-            dead.append(key)
+    sources = [
+        _code_without_strings(path)
+        for path in glob.glob(os.path.join(REPO, "clipdistill", "**", "*.py"), recursive=True)
+        if not path.endswith("config.py")
+    ]
+    read = _read_keys(sources)
+    dead = sorted(key for key in added if key not in read)
     assert not dead, f"declared but never read: {dead}"
+
+
+def test_dead_key_check_matches_full_paths():
+    # a leaf that exists elsewhere (INPUT.CROP.ENABLED) does not make X.Y.ENABLED read, and a
+    # key named in an error string is not read
+    src = _code_without_strings_from_text(
+        "x = cfg.INPUT.CROP.ENABLED\n"
+        "t = cfg.MODEL.CLIPDISTILL.TEACHER\n"
+        "t.NAME\n"
+        "raise ValueError('MODEL.CLIPDISTILL.TEACHER.WEIGHTS is wrong')\n"
+    )
+    read = _read_keys([src])
+    assert "INPUT.CROP.ENABLED" in read and "MODEL.CLIPDISTILL.TEACHER.NAME" in read
+    assert "MODEL.CLIPDISTILL.TEACHER_CACHE.ENABLED" not in read
+    assert "MODEL.CLIPDISTILL.TEACHER.WEIGHTS" not in read
+
+
+def _code_without_strings_from_text(text):
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(text)
+    try:
+        return _code_without_strings(f.name)
+    finally:
+        os.remove(f.name)
 
 
 def test_tiny_opts_are_valid_keys():

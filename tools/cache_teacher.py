@@ -10,7 +10,8 @@
 Shards are float16 safetensors files under MODEL.CLIPDISTILL.TEACHER_CACHE.DIR/<dataset>/ with a
 manifest of sha256 checksums; an interrupted build resumes where it stopped. ``--num-gpus N``
 starts N processes (gloo on a CPU-only machine), each handling every N-th shard. Train from the
-cache with ``MODEL.CLIPDISTILL.TEACHER_CACHE.ENABLED True`` (e.g. configs/voc_toy_cached.yaml).
+cache with ``MODEL.CLIPDISTILL.TEACHER_CACHE.ENABLED True`` (e.g.
+configs/segstudent/segstudent_effb0_toyclip_voc20toy_300_cached.yaml).
 Format and semantics: docs/CACHE.md.
 """
 

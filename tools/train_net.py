@@ -13,14 +13,14 @@ from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from clipdistill.engine import StudentCheckpointer, Trainer, setup
+from clipdistill.engine import SegmenterCheckpointer, Trainer, setup
 
 
 def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        StudentCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SegmenterCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)

@@ -139,7 +139,7 @@ def _segmenter_builder(meta_arch: str) -> Callable:
 
         module = _SegmenterFlops(model)
         # parameters used at inference: the frozen teacher only provides (cached) text embeddings
-        skip = tuple(getattr(model, "benchmark_excluded_modules", ()))
+        skip = tuple(model.inference_excluded_modules)
         params = sum(
             p.numel()
             for n, p in model.named_parameters()

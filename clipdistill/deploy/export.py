@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..modeling.clip.text import check_class_names
+
 __all__ = [
     "ExportableSegmenter",
     "export_torchscript",
@@ -43,11 +45,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _student_without_teacher(model: nn.Module) -> nn.Module:
-    """A shallow copy of ``model`` sharing every submodule except the teacher (not needed once the
-    text embeddings are computed; it must not end up in an exported file)."""
+def _without_excluded_modules(model: nn.Module) -> nn.Module:
+    """A shallow copy of ``model`` sharing every submodule except its
+    ``inference_excluded_modules`` (e.g. the teacher: not needed once the text embeddings are
+    computed; it must not end up in an exported file)."""
     student = copy.copy(model)
-    student._modules = OrderedDict((k, v) for k, v in model._modules.items() if k != "teacher")
+    skip = set(model.inference_excluded_modules)
+    student._modules = OrderedDict((k, v) for k, v in model._modules.items() if k not in skip)
     return student
 
 
@@ -66,18 +70,20 @@ class ExportableSegmenter(nn.Module):
         super().__init__()
         if output not in ("logits", "labels"):
             raise ValueError(f"output must be 'logits' or 'labels', got {output!r}")
+        if not model.exportable:
+            raise ValueError(
+                f"{type(model).__name__} cannot be exported (its `exportable` is False); "
+                "export works for SegStudent"
+            )
         if class_names is None:
-            class_names = list(getattr(model, "train_vocabulary", []) or [])
+            class_names = list(model.train_vocabulary)
         self.class_names: List[str] = list(class_names)
         self.output = output
-        head = model.seg_head
         text = None
-        if getattr(head, "open_vocabulary", True):
-            from .predictor import check_class_names
-
+        if model.open_vocabulary:
             self.class_names = check_class_names(self.class_names)
             text = model.text_embeddings(self.class_names).detach().float().cpu()
-        self.student = _student_without_teacher(model)
+        self.student = _without_excluded_modules(model)
         self.has_text = text is not None
         self.register_buffer("text_embeddings", text if text is not None else torch.zeros(0))
         self.register_buffer("pixel_mean", model.pixel_mean.detach().clone().view(1, -1, 1, 1))

@@ -1,10 +1,10 @@
 """``SegPredictor``: a trained student behind a simple image-in, label-map-out interface.
 
 Like detectron2's ``DefaultPredictor`` but for open-vocabulary semantic segmentation: it builds the
-model from the config, loads ``MODEL.WEIGHTS`` strictly (``StudentCheckpointer``: a checkpoint that
-does not match the config raises ``CheckpointMismatchError``), resizes images like the test-time
-mapper (``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``), runs batches, and returns label maps
-(and optionally per-class score maps) at each image's original size.
+model from the config, loads ``MODEL.WEIGHTS`` strictly (``SegmenterCheckpointer``: a checkpoint
+that does not match the config raises ``CheckpointMismatchError``), resizes images like the
+test-time mapper (``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``), runs batches, and returns
+label maps (and optionally per-class score maps) at each image's original size.
 
 The vocabulary is any list of class names. Their text embeddings come from the teacher's text
 encoder once per vocabulary (cached in memory and on disk by ``CLIPTeacher.encode_text``), so the
@@ -24,8 +24,9 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from ..data.dataset_mappers import build_sem_seg_augmentation
-from ..engine.checkpoint import StudentCheckpointer
-from ..modeling.teacher.clip_teacher import check_class_names
+from ..engine.checkpoint import SegmenterCheckpointer
+from ..modeling.clip.text import check_class_names
+from ..modeling.segmenter import OpenVocabSegmenter
 from ..utils.visualize import class_colors, overlay_with_legend
 
 __all__ = ["SegPredictor", "SegResult", "check_class_names", "parse_class_names", "read_image_rgb"]
@@ -118,10 +119,15 @@ class SegPredictor:
     def __init__(self, cfg, class_names: Optional[Sequence[str]] = None, require_weights=False):
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
+        if not isinstance(self.model, OpenVocabSegmenter):
+            raise TypeError(
+                f"MODEL.META_ARCHITECTURE={self.cfg.MODEL.META_ARCHITECTURE!r} is not a "
+                "clipdistill segmenter (OpenVocabSegmenter)"
+            )
         self.model.eval()
         weights = self.cfg.MODEL.WEIGHTS
         if weights:
-            StudentCheckpointer(self.model).load(weights)
+            SegmenterCheckpointer(self.model).load(weights)
         elif require_weights:
             raise ValueError("MODEL.WEIGHTS is empty: pass a trained checkpoint")
         else:
@@ -138,7 +144,7 @@ class SegPredictor:
     # ------------------------------------------------------------------------------ vocabulary
     @property
     def training_vocabulary(self) -> List[str]:
-        return list(getattr(self.model, "train_vocabulary", []) or [])
+        return list(self.model.train_vocabulary)
 
     def set_class_names(self, class_names: Optional[Sequence[str]]) -> List[str]:
         """Use ``class_names`` (None: the training vocabulary) for the next predictions; computes
@@ -152,15 +158,7 @@ class SegPredictor:
                 )
         else:
             names = check_class_names(class_names)
-        head = getattr(self.model, "seg_head", None)
-        if head is not None and not getattr(head, "open_vocabulary", True):
-            if names != self.training_vocabulary:
-                raise ValueError(
-                    f"{type(head).__name__} is a closed-set head: it only predicts its "
-                    f"{len(self.training_vocabulary)} training classes; other class names need "
-                    f"the open-vocabulary head (MODEL.SEM_SEG_HEAD.NAME TextEmbeddingHead)"
-                )
-        self.model.set_vocabulary(names)
+        self.model.set_vocabulary(names)  # a closed-set model refuses other names
         self.class_names = list(names)
         meta_colors = None
         if self.train_metadata is not None and names == self.training_vocabulary:

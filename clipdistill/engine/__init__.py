@@ -1,5 +1,11 @@
-from .checkpoint import StudentCheckpointer
+from .checkpoint import CheckpointMismatchError, SegmenterCheckpointer
 from .setup import setup
 from .trainer import Trainer, create_ddp_model
 
-__all__ = ["StudentCheckpointer", "Trainer", "create_ddp_model", "setup"]
+__all__ = [
+    "CheckpointMismatchError",
+    "SegmenterCheckpointer",
+    "Trainer",
+    "create_ddp_model",
+    "setup",
+]

@@ -1,24 +1,29 @@
-"""Checkpointing of the student only, with strict loading."""
+"""Strict checkpointing of any clipdistill segmenter, with per-architecture key conversion."""
 
 import os
 from typing import Any, Dict
 
 from detectron2.checkpoint import DetectionCheckpointer
+from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["StudentCheckpointer", "CheckpointMismatchError"]
+from ..modeling.segmenter import OpenVocabSegmenter
+
+__all__ = ["SegmenterCheckpointer", "CheckpointMismatchError"]
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose keys or shapes do not match the model."""
 
 
-class StudentCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` that refuses partial loads.
+class SegmenterCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that refuses partial loads, for any segmenter.
 
     detectron2 loads checkpoints with ``strict=False`` and only logs missing/unexpected keys or
-    shape mismatches; evaluating such a half-loaded model gives silently wrong numbers. Here any
-    difference between the checkpoint and ``model.state_dict()`` (which never contains the frozen
-    teacher) raises :class:`CheckpointMismatchError` naming the keys.
+    shape mismatches; evaluating such a half-loaded model gives silently wrong numbers. Here the
+    checkpoint's keys first go through the model's ``convert_checkpoint`` hook (which maps an
+    official release's names onto clipdistill's, see ``OpenVocabSegmenter``), then any difference
+    from ``model.state_dict()`` (which never contains frozen auxiliary modules such as the
+    student's teacher) raises :class:`CheckpointMismatchError` naming the keys.
     """
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
@@ -35,7 +40,12 @@ class StudentCheckpointer(DetectionCheckpointer):
         prefix = "module."
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
-            checkpoint["model"] = state
+        model = self.model
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        if isinstance(model, OpenVocabSegmenter):
+            state = model.convert_checkpoint(dict(state))
+        checkpoint["model"] = state
         expected = self.model.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))

@@ -22,7 +22,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data import SemSegDatasetMapper
-from .checkpoint import StudentCheckpointer
+from ..modeling.segmenter import OpenVocabSegmenter
+from .checkpoint import SegmenterCheckpointer
 from .results import summarize_results, write_results
 
 __all__ = ["Trainer", "create_ddp_model"]
@@ -44,12 +45,13 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with the semantic mapper, ``SemSegEvaluator``, backbone lr multiplier, a
-    logged parameter-group table, student-only strict checkpoints and CPU multi-process."""
+    """DefaultTrainer for any clipdistill segmenter (an ``OpenVocabSegmenter``): the semantic
+    mapper, ``SemSegEvaluator`` per test dataset, the model's own lr factors, a logged
+    parameter-group table, strict checkpoints and CPU multi-process."""
 
     def __init__(self, cfg):
-        # Same as DefaultTrainer.__init__, but with a DDP wrapper that works on CPU and a strict,
-        # student-only checkpointer.
+        # Same as DefaultTrainer.__init__, but with a DDP wrapper that works on CPU and a strict
+        # checkpointer.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -58,19 +60,29 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(
-            model,
-            broadcast_buffers=False,
-            find_unused_parameters=cfg.MODEL.CLIPDISTILL.LOSS.CE_WEIGHT == 0,
+            model, broadcast_buffers=False, find_unused_parameters=model.find_unused_parameters
         )
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             model, data_loader, optimizer
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = StudentCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = SegmenterCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        if not isinstance(model, OpenVocabSegmenter):
+            raise TypeError(
+                f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} builds a "
+                f"{type(model).__name__}, which is not a clipdistill OpenVocabSegmenter"
+            )
+        return model
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -116,13 +128,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-        """Backbone parameters get ``SOLVER.BACKBONE_MULTIPLIER``; norms/biases detectron2's
-        defaults; frozen parameters (the teacher) are never included. The groups are logged."""
-        multiplier = cfg.SOLVER.BACKBONE_MULTIPLIER
-
-        def lr_factor(name):
-            return multiplier if name.startswith("backbone.") else 1.0
-
+        """Each parameter's lr factor comes from the model (``OpenVocabSegmenter.lr_factor``);
+        norms/biases get detectron2's defaults; frozen parameters (a teacher, a frozen
+        CLIP) are never included. The groups are logged."""
+        lr_factor = model.lr_factor
         params = get_default_optimizer_params(
             model,
             base_lr=cfg.SOLVER.BASE_LR,

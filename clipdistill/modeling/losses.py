@@ -1,6 +1,6 @@
 """Distillation losses: plain functions on tensors, no config.
 
-Notation (DESIGN.md): ``F`` student features ``[B, C, L]`` (L locations, L2-normalised per
+Notation (docs/METHOD.md): ``F`` student features ``[B, C, L]`` (L locations, L2-normalised per
 location), ``Cg`` teacher global embeddings ``[B, C]``, ``Td`` teacher dense features.
 """
 

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import tempfile
-from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,6 +28,7 @@ from safetensors import safe_open
 from detectron2.data import DatasetCatalog
 
 from ..data.datasets.common import datasets_root
+from ..modeling.clip.loader import sha256_file, weights_identity
 
 __all__ = [
     "FORMAT_NAME",
@@ -90,24 +90,6 @@ def image_key(dataset_dict: dict) -> str:
     return path
 
 
-@lru_cache(maxsize=8)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(path)
-
-
-def weights_identity(weights: str) -> str:
-    """Identity of ``MODEL.CLIPDISTILL.TEACHER.WEIGHTS``: the open_clip tag, the sha256 of a local
-    file (content, not path: copying the file elsewhere keeps the cache valid), or the
-    deterministic random initialisation."""
-    if not weights:
-        return "random-init(seed=0)"
-    expanded = os.path.expanduser(weights)
-    if os.path.isfile(expanded):
-        st = os.stat(expanded)
-        return "file-sha256:" + _file_sha256(os.path.abspath(expanded), st.st_size, st.st_mtime_ns)
-    return f"open_clip-tag:{weights}"
-
-
 def cache_key(cfg, dataset_name: str, dataset_dicts: Optional[Sequence[dict]] = None) -> Dict:
     """The key a cache of ``dataset_name`` built with ``cfg``'s teacher must carry."""
     if dataset_dicts is None:
@@ -138,14 +120,6 @@ def shard_name(index: int, num_shards: int) -> str:
 
 
 # ---------------------------------------------------------------------------------- files
-def sha256_file(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def default_file_mode() -> int:
     """Permissions of a newly created regular file under the current umask (``mkstemp`` creates
     0600 files; the cache is meant to be shared like any dataset file)."""

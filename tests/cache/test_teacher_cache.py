@@ -335,7 +335,9 @@ def test_two_process_build_with_launch(tmp_path):
         sys.executable,
         "tools/cache_teacher.py",
         "--config-file",
-        os.path.join(REPO, "configs", "voc_toy_cached.yaml"),
+        os.path.join(
+            REPO, "configs", "segstudent", "segstudent_effb0_toyclip_voc20toy_300_cached.yaml"
+        ),
         "--dataset",
         "voc20_toy_sem_seg_val",
         "MODEL.CLIPDISTILL.TEACHER_CACHE.DIR",

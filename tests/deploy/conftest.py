@@ -11,17 +11,17 @@ from deploy_helpers import ListHandler
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """A checkpoint of a freshly built tiny student, saved with StudentCheckpointer."""
+    """A checkpoint of a freshly built tiny student, saved with SegmenterCheckpointer."""
     import torch
 
     from detectron2.modeling import build_model
 
-    from clipdistill.engine import StudentCheckpointer
+    from clipdistill.engine import SegmenterCheckpointer
 
     torch.manual_seed(0)
     model = build_model(tiny_cfg())
     folder = tmp_path_factory.mktemp("ckpt")
-    StudentCheckpointer(model, str(folder)).save("tiny")
+    SegmenterCheckpointer(model, str(folder)).save("tiny")
     return str(folder / "tiny.pth")
 
 

@@ -17,7 +17,7 @@ from detectron2.modeling import build_model
 from clipdistill.data.datasets.common import register_sem_seg
 from clipdistill.data.datasets.register_voc import register_voc
 from clipdistill.data.toy import generate_toy_voc
-from clipdistill.engine import StudentCheckpointer, Trainer
+from clipdistill.engine import SegmenterCheckpointer, Trainer
 from clipdistill.utils.visualize import draw_sem_seg, load_sem_seg_predictions
 from common import tiny_cfg, write_image
 from deploy_helpers import load_tool
@@ -45,7 +45,7 @@ def toy_eval(tmp_path_factory, tiny_checkpoint):
         tiny_checkpoint,
     )
     model = build_model(cfg)
-    StudentCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    SegmenterCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()
     out = root / "inference"
     evaluator = SemSegEvaluator(TOY, distributed=False, output_dir=str(out))

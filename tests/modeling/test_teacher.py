@@ -13,13 +13,9 @@ import torch.nn.functional as F  # noqa: E402
 from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES  # noqa: E402
 from torch import nn  # noqa: E402
 
-from clipdistill.modeling.teacher import clip_teacher as ct  # noqa: E402
-from clipdistill.modeling.teacher import (  # noqa: E402
-    PROMPT_TEMPLATES,
-    TOY_MODEL_NAME,
-    CLIPTeacher,
-    build_clip_teacher,
-)
+from clipdistill.modeling.clip import loader as clip_loader  # noqa: E402
+from clipdistill.modeling.clip import PROMPT_TEMPLATES, TOY_MODEL_NAME  # noqa: E402
+from clipdistill.modeling.teacher import CLIPTeacher, build_clip_teacher  # noqa: E402
 
 C = 64  # joint width of the toy model
 
@@ -161,7 +157,7 @@ def test_dense_resnet_tower(monkeypatch):
             },
         )
 
-    monkeypatch.setattr(ct, "_create_open_clip_model", tiny_rn)
+    monkeypatch.setattr(clip_loader, "_create_open_clip_model", tiny_rn)
     t = CLIPTeacher(model_name="RN50", weights="", image_size=64, dense_image_size=128)
     assert t.patch_size == 32 and t.embed_dim == C
     assert t.encode_image(_images(2, 80, 90)).shape == (2, C)
@@ -256,11 +252,11 @@ def test_encode_text_mean_of_templates(teacher, monkeypatch):
 def test_encode_text_memory_cache(teacher, monkeypatch, tmp_path):
     t = CLIPTeacher(model_name=TOY_MODEL_NAME, weights="", text_cache_dir=str(tmp_path))
     calls = _count_text_calls(monkeypatch, t)
-    t.TEXT_BATCH_SIZE = 50  # 80 templates x 2 names -> 4 batches
+    t.text_encoder.batch_size = 80  # 80 templates x 2 names -> one name (80 prompts) a call
     a = t.encode_text(["cat", "dog"])
-    assert calls == [50, 50, 50, 10]
+    assert calls == [80, 80]
     b = t.encode_text(["cat ", "dog"])
-    assert len(calls) == 4 and torch.equal(a, b)
+    assert len(calls) == 2 and torch.equal(a, b)
     # random weights: never written to disk
     assert list(tmp_path.iterdir()) == []
 
@@ -293,7 +289,7 @@ def test_local_weights_and_disk_cache(teacher, toy_weights, tmp_path, monkeypatc
     assert len(list(cache.glob("*.safetensors"))) == 2
 
     # a corrupt file is recomputed and overwritten
-    path = t2._text_cache_path(names)
+    path = t2.text_encoder.cache_path(names)
     with open(path, "wb") as f:
         f.write(b"not a safetensors file")
     t3 = CLIPTeacher(model_name=TOY_MODEL_NAME, weights=str(toy_weights), text_cache_dir=str(cache))

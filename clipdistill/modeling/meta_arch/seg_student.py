@@ -12,7 +12,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
@@ -22,6 +21,7 @@ from .. import losses as L
 from ..fusion import FusionNeck
 from ..heads import build_student_head
 from ..inference import fold_batch_norms, is_exporting
+from ..segmenter import OpenVocabSegmenter, train_vocabulary_from_cfg
 from ..teacher import CLIPTeacher
 
 __all__ = ["SegStudent"]
@@ -39,7 +39,7 @@ def _teacher_keys_are_not_expected(module, incompatible_keys) -> None:
 
 
 @META_ARCH_REGISTRY.register()
-class SegStudent(nn.Module):
+class SegStudent(OpenVocabSegmenter):
     """Student ``backbone -> proj -> clip_proj -> seg_head`` distilled from a frozen CLIP teacher.
 
     Input: detectron2's ``list[dict]`` with ``"image"`` (uint8 ``[3, H, W]``, 0..255 RGB,
@@ -52,9 +52,9 @@ class SegStudent(nn.Module):
     never part of the checkpoint (see ``CLIPTeacher.state_dict``).
     """
 
-    #: submodules not used per image at inference (the teacher only gives cached text
-    #: embeddings); tools/benchmark.py leaves their parameters out of the inference count
-    benchmark_excluded_modules = ("teacher",)
+    #: the teacher only gives cached text embeddings at inference
+    inference_excluded_modules = ("teacher",)
+    exportable = True
 
     @configurable
     def __init__(
@@ -77,6 +77,7 @@ class SegStudent(nn.Module):
         inference_dtype: str = "float32",
         channels_last: bool = False,
         fold_bn: bool = False,
+        backbone_multiplier: float = 1.0,
     ):
         """
         Args:
@@ -98,20 +99,19 @@ class SegStudent(nn.Module):
             fold_bn: at inference, run a copy of ``backbone`` and ``proj`` whose BatchNorms are
                 folded into the convolutions (rebuilt whenever a weight changes; not part of the
                 state dict); skipped with a warning if the copy does not reproduce the original.
+            backbone_multiplier: learning-rate factor of the backbone's parameters.
         """
         if inference_dtype not in _INFERENCE_DTYPES:
             raise ValueError(
                 f"MODEL.CLIPDISTILL.INFERENCE_DTYPE={inference_dtype!r}: use one of "
                 f"{sorted(_INFERENCE_DTYPES)}"
             )
-        super().__init__()
+        super().__init__(train_vocabulary=train_vocabulary)
         self.backbone = backbone
         self.proj = proj
         self.clip_proj = clip_proj
         self.seg_head = seg_head
         self.teacher = teacher
-        self.train_vocabulary = list(train_vocabulary)
-        self.vocabulary: Optional[List[str]] = None  # set_vocabulary() overrides the default
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.ignore_value = ignore_value
@@ -123,6 +123,9 @@ class SegStudent(nn.Module):
         self.inference_dtype = _INFERENCE_DTYPES[inference_dtype]
         self.channels_last = channels_last
         self.fold_bn = fold_bn
+        self.backbone_multiplier = backbone_multiplier
+        # without loss_ce the head's scale and bias get no gradient
+        self.find_unused_parameters = self.loss_weights["loss_ce"] == 0
         # (signature of the weights, folded backbone, folded proj); a plain attribute, so that
         # it is neither a submodule nor in the state dict
         self._folded: Optional[tuple] = None
@@ -138,9 +141,6 @@ class SegStudent(nn.Module):
         backbone = build_backbone(cfg)
         proj = FusionNeck(cfg, backbone.output_shape())
         teacher = CLIPTeacher(cfg)
-        train_vocab = []
-        if cfg.DATASETS.TRAIN:
-            train_vocab = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("stuff_classes", [])
         lc = cfg.MODEL.CLIPDISTILL.LOSS
         return {
             "backbone": backbone,
@@ -148,7 +148,7 @@ class SegStudent(nn.Module):
             "clip_proj": nn.Conv2d(proj.out_channels, teacher.embed_dim, 1),
             "seg_head": build_student_head(cfg, teacher.embed_dim),
             "teacher": teacher,
-            "train_vocabulary": train_vocab,
+            "train_vocabulary": train_vocabulary_from_cfg(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
@@ -165,31 +165,24 @@ class SegStudent(nn.Module):
             "inference_dtype": cfg.MODEL.CLIPDISTILL.INFERENCE_DTYPE,
             "channels_last": cfg.MODEL.CLIPDISTILL.CHANNELS_LAST,
             "fold_bn": cfg.MODEL.CLIPDISTILL.FOLD_BN,
+            "backbone_multiplier": cfg.SOLVER.BACKBONE_MULTIPLIER,
         }
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
-    # ---------------------------------------------------------------- vocabulary
-    def set_vocabulary(self, class_names: Optional[Sequence[str]]) -> None:
-        """Use ``class_names`` at inference for inputs without a ``"dataset_name"``; ``None``
-        restores the training vocabulary."""
-        if class_names is not None:
-            self.text_embeddings(class_names)  # validates (empty / duplicated names) now
-        self.vocabulary = None if class_names is None else list(class_names)
+    @property
+    def open_vocabulary(self) -> bool:
+        return bool(self.seg_head.open_vocabulary)
 
-    def vocabulary_for(self, input_dict: dict) -> List[str]:
-        name = input_dict.get("dataset_name")
-        if name is not None:
-            return list(MetadataCatalog.get(name).stuff_classes)
-        vocab = self.vocabulary if self.vocabulary is not None else self.train_vocabulary
-        if not vocab:
-            raise ValueError(
-                "SegStudent has no vocabulary: give inputs a 'dataset_name', call "
-                "set_vocabulary(names), or set DATASETS.TRAIN to a registered dataset"
-            )
-        return vocab
+    def lr_factor(self, param_name: str) -> float:
+        return self.backbone_multiplier if param_name.startswith("backbone.") else 1.0
+
+    # ---------------------------------------------------------------- vocabulary
+    def prepare_vocabulary(self, class_names: List[str]) -> None:
+        if self.open_vocabulary:
+            self.text_embeddings(class_names)
 
     def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
         """``[K, C]`` text embeddings of ``class_names`` (cached by the teacher)."""

@@ -1,6 +1,7 @@
 """The frozen CLIP teacher of clipdistill, built on open_clip.
 
-``CLIPTeacher`` gives the three things the distillation needs (see ``DESIGN.md``, "The method"):
+``CLIPTeacher`` is a thin frozen wrapper over the shared CLIP layer (``clipdistill.modeling.clip``)
+that gives the three things the distillation needs (docs/METHOD.md):
 
 * ``encode_image``: ``Cg``, CLIP's embedding of the whole image (the class-token path);
 * ``encode_image_dense``: ``Td``, dense patch features in the joint space (the MaskCLIP route);
@@ -10,38 +11,30 @@
 All outputs are float32 and L2-normalised along the embedding dimension. The module is frozen: no
 parameter requires a gradient, it stays in eval mode whatever ``train()`` says, every ``encode_*``
 runs under ``torch.no_grad()``, and it contributes nothing to its parent's ``state_dict()``.
-
-Importing this module registers the toy architecture ``ViT-T-16-toy`` (``model_configs/``) with
-open_clip, so that tests and the toy config can build a tiny random teacher without any download.
 """
 
-import hashlib
-import json
 import logging
 import math
-import os
-import tempfile
 from collections import OrderedDict
-from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.utils import comm
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import Attention as OpenClipAttention
 from open_clip.transformer import VisionTransformer
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
+
+from ..clip.loader import MODEL_CONFIG_DIR, TOY_MODEL_NAME, load_open_clip
+from ..clip.text import PROMPT_TEMPLATES, TextEncoder, check_class_names
 
 __all__ = [
     "CLIPTeacher",
     "build_clip_teacher",
+    "check_class_names",
     "PROMPT_TEMPLATES",
     "MODEL_CONFIG_DIR",
     "TOY_MODEL_NAME",
@@ -49,176 +42,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Folder of the extra open_clip architecture configs shipped with clipdistill.
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
-#: A tiny ViT CLIP (width 64, 2 layers per tower) for tests and the toy config; random init only.
-TOY_MODEL_NAME = "ViT-T-16-toy"
-
 _KEY_NAME = "MODEL.CLIPDISTILL.TEACHER.NAME"
 _KEY_WEIGHTS = "MODEL.CLIPDISTILL.TEACHER.WEIGHTS"
 _KEY_TEMPLATES = "MODEL.CLIPDISTILL.TEACHER.TEMPLATES"
 _KEY_IMAGE_SIZE = "MODEL.CLIPDISTILL.TEACHER.IMAGE_SIZE"
 _KEY_DENSE_IMAGE_SIZE = "MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE"
-
-_WEIGHT_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
-_SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
-
-
-def _register_model_configs() -> None:
-    """Register ``model_configs/`` with open_clip (idempotent)."""
-    if TOY_MODEL_NAME not in open_clip.list_models():
-        open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-
-_register_model_configs()
-
-
-def _single_template(name: str) -> str:
-    return f"a photo of a {name}."
-
-
-#: Prompt template sets selectable with ``MODEL.CLIPDISTILL.TEACHER.TEMPLATES``; each template is a
-#: callable mapping a class name to a prompt.
-PROMPT_TEMPLATES: Dict[str, Tuple[Callable[[str], str], ...]] = {
-    "openai": tuple(OPENAI_IMAGENET_TEMPLATES),  # the 80 prompts of the CLIP paper
-    "simple": tuple(SIMPLE_IMAGENET_TEMPLATES),  # open_clip's 7-prompt subset
-    "single": (_single_template,),
-}
-
-
-# --------------------------------------------------------------------------------------------
-# weights
-# --------------------------------------------------------------------------------------------
-def _looks_like_path(weights: str) -> bool:
-    return (
-        "/" in weights
-        or os.sep in weights
-        or weights.startswith("~")
-        or weights.lower().endswith(_WEIGHT_FILE_SUFFIXES)
-    )
-
-
-def _how_to_fix(model_name: str, weights: str) -> str:
-    """The advice appended to every weight-loading error."""
-    pcfg = open_clip.get_pretrained_cfg(model_name, weights) if weights else {}
-    where = "the open_clip weights of this model and tag"
-    if pcfg.get("hf_hub"):
-        repo = pcfg["hf_hub"].rstrip("/")
-        where = f"`open_clip_pytorch_model.bin` from https://huggingface.co/{repo}"
-    elif pcfg.get("url"):
-        where = f"{pcfg['url']}"
-    msg = (
-        f"To fix it: on a machine with network access download {where}, copy the file here and "
-        f"pass `{_KEY_WEIGHTS} /path/to/open_clip_pytorch_model.bin` (keeping {_KEY_NAME} "
-        f"{model_name!r}); or pre-populate the Hugging Face cache ($HF_HOME) so that the tag "
-        "resolves offline."
-    )
-    quick = f"{model_name}-quickgelu"
-    if pcfg.get("quick_gelu") and quick in open_clip.list_models():
-        msg += (
-            f" These weights were trained with QuickGELU: when you pass them as a local file, set "
-            f"{_KEY_NAME} {quick!r}."
-        )
-    return msg
-
-
-def _create_open_clip_model(
-    model_name: str, pretrained: Optional[str], force_quick_gelu: bool
-) -> nn.Module:
-    """Build an open_clip model on the CPU (kept separate so that tests can substitute it)."""
-    if pretrained is None:
-        # Random init (tests, toy config): seed it so that every process and every run builds the
-        # same teacher, without touching the global RNG state.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return open_clip.create_model(
-                model_name, pretrained=None, force_quick_gelu=force_quick_gelu, device="cpu"
-            )
-    return open_clip.create_model(
-        model_name, pretrained=pretrained, force_quick_gelu=force_quick_gelu, device="cpu"
-    )
-
-
-def _load_open_clip_model(model_name: str, weights: str) -> Tuple[nn.Module, Optional[str]]:
-    """Create the open_clip model named ``model_name`` with ``weights``.
-
-    Args:
-        model_name: open_clip architecture name (``open_clip.list_models()``), or an open_clip
-            ``hf-hub:``/``local-dir:`` identifier.
-        weights: an open_clip pretrained tag, a path to a local weights file, or "" (random init).
-
-    Returns:
-        The model, and the absolute path of the weights file when ``weights`` is a local file
-        (else None).
-
-    Raises:
-        ValueError: ``model_name`` is unknown to open_clip.
-        FileNotFoundError: ``weights`` looks like a path but is not a file.
-        RuntimeError: the weights could not be resolved or loaded (unknown tag, no network, ...).
-    """
-    if not model_name.startswith(_SCHEMA_PREFIXES) and model_name not in open_clip.list_models():
-        known = open_clip.list_models()
-        examples = [m for m in ("ViT-B-16", "ViT-B-32", "ViT-L-14", "RN50") if m in known]
-        examples += [m for m in known if m not in examples][: 12 - len(examples)]
-        raise ValueError(
-            f"{_KEY_NAME}={model_name!r} is not an open_clip model name. Known names include "
-            f"{examples} ... ({len(known)} in all, see open_clip.list_models()); "
-            f"{TOY_MODEL_NAME!r} is clipdistill's tiny test model."
-        )
-    pretrained: Optional[str] = None
-    weights_path: Optional[str] = None
-    force_quick_gelu = False
-    if weights and not model_name.startswith(_SCHEMA_PREFIXES):
-        tag_cfg = open_clip.get_pretrained_cfg(model_name, weights)
-        expanded = os.path.expanduser(weights)
-        if tag_cfg:
-            pretrained = weights
-            # open_clip only warns when the tag was trained with QuickGELU and the architecture
-            # config uses nn.GELU (e.g. ViT-B-16 + "openai"): build it with QuickGELU instead.
-            force_quick_gelu = bool(tag_cfg.get("quick_gelu", False))
-        elif os.path.isfile(expanded):
-            pretrained = weights_path = os.path.abspath(expanded)
-        elif _looks_like_path(weights):
-            raise FileNotFoundError(
-                f"{_KEY_WEIGHTS}={weights!r} (for {_KEY_NAME}={model_name!r}) looks like a path "
-                f"but there is no such file. " + _how_to_fix(model_name, weights)
-            )
-        else:
-            tags = open_clip.list_pretrained_tags_by_model(model_name)
-            raise RuntimeError(
-                f"{_KEY_WEIGHTS}={weights!r} is neither an open_clip pretrained tag of "
-                f"{_KEY_NAME}={model_name!r} (known tags: {tags}) nor an existing file. "
-                + _how_to_fix(model_name, weights)
-            )
-    try:
-        model = _create_open_clip_model(model_name, pretrained, force_quick_gelu)
-    except Exception as e:  # network, missing cache, corrupt file, architecture mismatch, ...
-        raise RuntimeError(
-            f"Could not load the CLIP teacher {_KEY_NAME}={model_name!r} with "
-            f"{_KEY_WEIGHTS}={weights!r}: {type(e).__name__}: {e}\n"
-            + _how_to_fix(model_name, weights)
-        ) from e
-    return model, weights_path
-
-
-def _load_open_clip_model_distributed(
-    model_name: str, weights: str
-) -> Tuple[nn.Module, Optional[str]]:
-    """``_load_open_clip_model`` on local rank 0 first (it downloads), then on the other ranks."""
-    if comm.get_world_size() == 1:
-        return _load_open_clip_model(model_name, weights)
-    result, error = None, None
-    if comm.get_local_rank() == 0:
-        try:
-            result = _load_open_clip_model(model_name, weights)
-        except Exception as e:  # re-raised after the barrier, so that no rank waits forever
-            error = e
-    comm.synchronize()
-    if error is not None:
-        raise error
-    if result is None:
-        result = _load_open_clip_model(model_name, weights)
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,9 +64,6 @@ class CLIPTeacher(nn.Module):
     checkpoint would be wasted space, and loading a student checkpoint must never overwrite the
     teacher). Use ``teacher.model.state_dict()`` to get the CLIP weights themselves.
     """
-
-    #: Number of prompts per text-encoder batch.
-    TEXT_BATCH_SIZE = 256
 
     @configurable
     def __init__(
@@ -282,10 +107,13 @@ class CLIPTeacher(nn.Module):
         self.templates = templates
         self.text_cache_dir = text_cache_dir
 
-        model, weights_path = _load_open_clip_model_distributed(model_name, weights)
+        model, identity = load_open_clip(
+            model_name, weights, name_key=_KEY_NAME, weights_key=_KEY_WEIGHTS
+        )
         model.requires_grad_(False)
         self.model = model
-        self._weights_identity = self._compute_weights_identity(weights, weights_path)
+        #: ``weights_identity`` of the weights (the key of every cache of this teacher's outputs)
+        self.weights_identity = identity
 
         visual = model.visual
         self._native_size = _to_2tuple(getattr(visual, "image_size", 224))
@@ -312,8 +140,14 @@ class CLIPTeacher(nn.Module):
                 "open_clip VisionTransformer towers only)."
             )
 
-        self._tokenizer = None  # built on first use of encode_text
-        self._text_cache: Dict[Tuple[str, ...], torch.Tensor] = {}
+        self.text_encoder = TextEncoder(
+            model,
+            open_clip.get_tokenizer(model_name),
+            model_name=model_name,
+            identity=identity,
+            templates=templates,
+            cache_dir=text_cache_dir,
+        )
         super().train(False)
 
     @classmethod
@@ -581,123 +415,15 @@ class CLIPTeacher(nn.Module):
         return x.permute(0, 3, 1, 2)
 
     # ---- text -----------------------------------------------------------------------------------
-    @torch.no_grad()
     def encode_text(self, class_names: Sequence[str]) -> torch.Tensor:
-        """Prompt-ensembled text embeddings ``Tk`` of class names.
-
-        Every name is put in each template of the configured set, the prompts are embedded and
-        L2-normalised, averaged over the templates and re-normalised. Results are cached in memory
-        (per teacher) and on disk (except for a randomly initialised teacher).
-
-        Args:
-            class_names: K distinct, non-empty class names (surrounding spaces are stripped).
-
-        Returns:
-            ``[K, C]`` float32 on the teacher's device, L2-normalised.
+        """Prompt-ensembled text embeddings ``Tk`` ``[K, C]`` (float32, L2-normalised, on the
+        teacher's device) of class names, cached per vocabulary in memory and on disk
+        (``TextEncoder``; a random teacher is never cached on disk).
 
         Raises:
             ValueError: empty list, empty names or duplicate names.
         """
-        names = check_class_names(class_names)
-        key = tuple(names)
-        emb = self._text_cache.get(key)
-        if emb is None:
-            path = self._text_cache_path(names)
-            emb = self._read_text_cache(path, names) if path else None
-            if emb is None:
-                emb = self._compute_text_embeddings(names)
-                if path:
-                    self._write_text_cache(path, names, emb.cpu())
-            # kept on the teacher's device: a cache hit costs a device-side copy, no transfer
-            self._text_cache[key] = emb = emb.to(self.device)
-        # a copy, so that callers cannot alter the cache in place
-        return emb.to(device=self.device, dtype=torch.float32, copy=True)
-
-    def _compute_text_embeddings(self, names: List[str]) -> torch.Tensor:
-        if self._tokenizer is None:
-            self._tokenizer = open_clip.get_tokenizer(self.model_name)
-        templates = PROMPT_TEMPLATES[self.templates]
-        prompts = [template(name) for name in names for template in templates]
-        feats = []
-        for i in range(0, len(prompts), self.TEXT_BATCH_SIZE):
-            tokens = self._tokenizer(prompts[i : i + self.TEXT_BATCH_SIZE]).to(self.device)
-            feats.append(self.model.encode_text(tokens).float())
-        feats = F.normalize(torch.cat(feats), dim=-1)
-        feats = feats.view(len(names), len(templates), -1).mean(dim=1)
-        return F.normalize(feats, dim=-1)
-
-    @staticmethod
-    def _compute_weights_identity(weights: str, weights_path: Optional[str]) -> Optional[str]:
-        if not weights:
-            return None  # random init: never cached on disk
-        if weights_path is not None:
-            st = os.stat(weights_path)
-            return f"file:{weights_path}:{st.st_size}:{st.st_mtime_ns}"
-        return f"tag:{weights}"
-
-    def _text_cache_path(self, names: List[str]) -> Optional[str]:
-        """The cache file of ``names``, or None when the disk cache is not used."""
-        if self._weights_identity is None:
-            return None
-        directory = self.text_cache_dir or os.path.join(
-            os.environ.get("XDG_CACHE_HOME", "~/.cache"), "clipdistill", "text_embeddings"
-        )
-        key = json.dumps(
-            [
-                self.model_name,
-                self._weights_identity,
-                self.templates,
-                names,
-                open_clip.__version__,
-            ]
-        )
-        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
-        return os.path.join(os.path.expanduser(directory), f"{digest}.safetensors")
-
-    def _read_text_cache(self, path: str, names: List[str]) -> Optional[torch.Tensor]:
-        if not os.path.isfile(path):
-            return None
-        try:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                emb = f.get_tensor("embeddings")
-            if json.loads(meta.get("names", "null")) != names:
-                raise ValueError("class names in the file differ")
-            if emb.dtype != torch.float32 or tuple(emb.shape) != (len(names), self.embed_dim):
-                raise ValueError(f"unexpected tensor {emb.dtype} {tuple(emb.shape)}")
-            if not torch.isfinite(emb).all():
-                raise ValueError("non-finite values")
-        except Exception as e:
-            logger.warning(
-                f"Ignoring the corrupt text-embedding cache file {path} ({type(e).__name__}: {e}); "
-                "recomputing and overwriting it."
-            )
-            return None
-        logger.debug(f"Text embeddings of {len(names)} names read from {path}.")
-        return emb
-
-    def _write_text_cache(self, path: str, names: List[str], emb: torch.Tensor) -> None:
-        directory = os.path.dirname(path)
-        tmp = None
-        try:
-            os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-            os.close(fd)
-            metadata = {
-                "names": json.dumps(names),
-                "model_name": self.model_name,
-                "weights": self._weights_identity or "",
-                "templates": self.templates,
-                "open_clip": open_clip.__version__,
-            }
-            save_file({"embeddings": emb.contiguous()}, tmp, metadata=metadata)
-            os.replace(tmp, path)  # atomic: concurrent processes never see a partial file
-            tmp = None
-        except OSError as e:
-            logger.warning(f"Could not write the text-embedding cache {path}: {e}")
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.remove(tmp)
+        return self.text_encoder(class_names)
 
     # ---- construction helpers -------------------------------------------------------------------
     @staticmethod
@@ -740,42 +466,6 @@ def _to_2tuple(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     if len(size) != 2:
         raise ValueError(f"Expected an int or (H, W), got {size!r}.")
     return size  # type: ignore[return-value]
-
-
-def check_class_names(class_names: Sequence[str]) -> List[str]:
-    """Strip class names and reject an empty list, empty names and duplicates.
-
-    The one validation of a vocabulary (teacher, predictor, demo, web demo); its messages are
-    meant for users.
-
-    Raises:
-        ValueError: naming the offending names.
-    """
-    if isinstance(class_names, str):
-        raise ValueError(
-            f"class_names must be a sequence of names, not the string {class_names!r}."
-        )
-    raw = [str(n) for n in class_names]
-    if not raw:
-        raise ValueError("no class names given: class_names is empty (give at least one name).")
-    names = [n.strip() for n in raw]
-    empty = [i + 1 for i, n in enumerate(names) if not n]
-    if empty:
-        raise ValueError(
-            f"empty class name at position {empty} "
-            f"({[raw[i - 1] for i in empty]!r}); empty names are not allowed: {raw!r}"
-        )
-    seen, dups = set(), []
-    for n in names:
-        if n in seen and n not in dups:
-            dups.append(n)
-        seen.add(n)
-    if dups:
-        raise ValueError(
-            f"duplicated class names {dups!r}: each class must be unique (class_names has "
-            f"duplicates after stripping: {raw!r})"
-        )
-    return names
 
 
 def build_clip_teacher(cfg) -> CLIPTeacher:

@@ -8,7 +8,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from clipdistill.engine import StudentCheckpointer, Trainer
+from clipdistill.engine import SegmenterCheckpointer, Trainer
 from clipdistill.engine.checkpoint import CheckpointMismatchError
 from common import random_inputs, tiny_cfg
 
@@ -109,36 +109,36 @@ def test_teacher_frozen_unchanged_and_not_in_optimizer_or_checkpoint(cfg, tmp_pa
         assert torch.equal(v, before[k]), f"teacher weight {k} changed"
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, student_before[k])]
     assert changed, "the student did not learn"
-    StudentCheckpointer(model, str(tmp_path)).save("ckpt")
+    SegmenterCheckpointer(model, str(tmp_path)).save("ckpt")
     saved = torch.load(tmp_path / "ckpt.pth", weights_only=False)["model"]
     assert saved and not any(k.startswith("teacher.") for k in saved)
     # strict reload into a fresh model reproduces the student exactly
     fresh = build_model(cfg)
-    StudentCheckpointer(fresh).load(str(tmp_path / "ckpt.pth"))
+    SegmenterCheckpointer(fresh).load(str(tmp_path / "ckpt.pth"))
     for k, v in model.state_dict().items():
         assert torch.equal(v, fresh.state_dict()[k])
 
 
 def test_checkpoint_mismatch_is_an_error(cfg, tmp_path):
     model = build_model(cfg)
-    StudentCheckpointer(model, str(tmp_path)).save("ckpt")
+    SegmenterCheckpointer(model, str(tmp_path)).save("ckpt")
     other = cfg.clone()
     other.defrost()
     other.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32  # different widths
     with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
-        StudentCheckpointer(build_model(other)).load(str(tmp_path / "ckpt.pth"))
+        SegmenterCheckpointer(build_model(other)).load(str(tmp_path / "ckpt.pth"))
     sd = torch.load(tmp_path / "ckpt.pth", weights_only=False)
     sd["model"].pop(next(iter(sd["model"])))
     sd["model"]["extra.weight"] = torch.zeros(1)
     torch.save(sd, tmp_path / "partial.pth")
     with pytest.raises(CheckpointMismatchError, match="missing keys.*unexpected keys.*extra"):
-        StudentCheckpointer(build_model(cfg)).load(str(tmp_path / "partial.pth"))
+        SegmenterCheckpointer(build_model(cfg)).load(str(tmp_path / "partial.pth"))
 
 
 def test_missing_weights_file(cfg, tmp_path):
     missing = str(tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS"):
-        StudentCheckpointer(build_model(cfg)).resume_or_load(missing, resume=False)
+        SegmenterCheckpointer(build_model(cfg)).resume_or_load(missing, resume=False)
 
 
 def test_unreachable_backbone_weights():

@@ -1,0 +1,15 @@
+"""The CLIP layer shared by every architecture: open_clip loading (``loader``), the text side
+(``text``: templates, vocabulary checks, the cached ``TextEncoder``)."""
+
+from .loader import MODEL_CONFIG_DIR, TOY_MODEL_NAME, load_open_clip, weights_identity
+from .text import PROMPT_TEMPLATES, TextEncoder, check_class_names
+
+__all__ = [
+    "MODEL_CONFIG_DIR",
+    "TOY_MODEL_NAME",
+    "load_open_clip",
+    "weights_identity",
+    "PROMPT_TEMPLATES",
+    "TextEncoder",
+    "check_class_names",
+]

@@ -1,0 +1,127 @@
+"""The open-vocabulary segmenter interface every META_ARCH of clipdistill implements.
+
+Tools (Trainer, predictor, demo, web demo, export, benchmark, comparison) talk to a segmenter only
+through this class, never by probing attributes:
+
+* vocabulary: ``train_vocabulary``; ``set_vocabulary(names)`` for inputs without a dataset;
+  ``vocabulary_for(input)`` (the input's ``dataset_name`` -> its ``stuff_classes``, else the set
+  vocabulary, else the training vocabulary); ``open_vocabulary`` (False for a closed-set model);
+* cost accounting: ``inference_excluded_modules`` (submodules that are not per-image inference
+  cost, e.g. a text tower whose output is cached per vocabulary);
+* deployment: ``exportable`` (whether ``tools/export_model.py`` can trace it);
+* training: ``lr_factor(name)`` (per-parameter lr multiplier), ``find_unused_parameters`` (DDP);
+* checkpoints: ``convert_checkpoint(state_dict)`` (rename an official checkpoint's keys into this
+  implementation's; called by the strict ``SegmenterCheckpointer``).
+
+Inference follows detectron2's contract: ``model(list[dict]) -> [{"sem_seg": Tensor[K, H, W]}]``
+at each input's ``height``/``width``.
+"""
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.data import MetadataCatalog
+from torch import nn
+
+from .clip.text import check_class_names
+
+__all__ = ["OpenVocabSegmenter", "train_vocabulary_from_cfg", "dataset_vocabulary"]
+
+
+def dataset_vocabulary(dataset_name: str) -> List[str]:
+    """The class names (``stuff_classes``) of a registered dataset.
+
+    Raises:
+        KeyError: the dataset's metadata has no ``stuff_classes`` (naming the dataset).
+    """
+    meta = MetadataCatalog.get(dataset_name)
+    names = meta.get("stuff_classes", None)
+    if not names:
+        raise KeyError(
+            f"dataset {dataset_name!r} has no 'stuff_classes' in its metadata: register it with "
+            "its class names (see datasets/README.md)"
+        )
+    return list(names)
+
+
+def train_vocabulary_from_cfg(cfg) -> List[str]:
+    """The class names of ``DATASETS.TRAIN[0]`` ([] when there is no training set)."""
+    if not cfg.DATASETS.TRAIN:
+        return []
+    return list(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("stuff_classes", []) or [])
+
+
+class OpenVocabSegmenter(nn.Module):
+    """Base class of clipdistill's segmenters (see the module docstring for the contract).
+
+    Subclasses call ``super().__init__(train_vocabulary=...)`` and implement ``forward``.
+    """
+
+    #: submodule names whose parameters are not per-image inference cost
+    inference_excluded_modules: Tuple[str, ...] = ()
+    #: whether ``tools/export_model.py`` can trace this segmenter
+    exportable: bool = False
+    #: whether some trainable parameters may get no gradient in a step (DDP needs to know)
+    find_unused_parameters: bool = False
+
+    def __init__(self, *, train_vocabulary: Sequence[str] = ()):
+        super().__init__()
+        self.train_vocabulary: List[str] = list(train_vocabulary)
+        self.vocabulary: Optional[List[str]] = None
+
+    # ------------------------------------------------------------------------------ vocabulary
+    @property
+    def open_vocabulary(self) -> bool:
+        """False for a model that can only predict its training classes."""
+        return True
+
+    def set_vocabulary(self, class_names: Optional[Sequence[str]]) -> None:
+        """Use ``class_names`` for inputs without a ``"dataset_name"``; None restores the training
+        vocabulary. Names are checked now (``check_class_names``); a closed-set model accepts its
+        training vocabulary only."""
+        if class_names is None:
+            self.vocabulary = None
+            return
+        names = check_class_names(class_names)
+        if not self.open_vocabulary and names != self.train_vocabulary:
+            raise ValueError(
+                f"{type(self).__name__} is closed-set: it only predicts its "
+                f"{len(self.train_vocabulary)} training classes {self.train_vocabulary[:5]}..."
+            )
+        self.prepare_vocabulary(names)
+        self.vocabulary = names
+
+    def prepare_vocabulary(self, class_names: List[str]) -> None:
+        """Hook: do the once-per-vocabulary work now (e.g. embed the text); default nothing."""
+
+    def vocabulary_for(self, input_dict: dict) -> List[str]:
+        """The class names to score ``input_dict`` against."""
+        name = input_dict.get("dataset_name")
+        if name is not None:
+            return dataset_vocabulary(name)
+        vocab = self.vocabulary if self.vocabulary is not None else self.train_vocabulary
+        if not vocab:
+            raise ValueError(
+                f"{type(self).__name__} has no vocabulary: give inputs a 'dataset_name', call "
+                "set_vocabulary(names), or set DATASETS.TRAIN to a registered dataset"
+            )
+        return list(vocab)
+
+    # ------------------------------------------------------------------------------ misc
+    @property
+    def device(self) -> torch.device:
+        for t in self.buffers():
+            return t.device
+        for t in self.parameters():
+            return t.device
+        return torch.device("cpu")
+
+    def lr_factor(self, param_name: str) -> float:
+        """Learning-rate multiplier of parameter ``param_name`` (default 1)."""
+        return 1.0
+
+    @classmethod
+    def convert_checkpoint(cls, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Map a checkpoint's keys onto this implementation's (e.g. an official release's);
+        the default is the identity. Must leave a clipdistill checkpoint unchanged."""
+        return state_dict
