@@ -11,7 +11,9 @@ through this class, never by probing attributes:
 * deployment: ``exportable`` (whether ``tools/export_model.py`` can trace it);
 * training: ``lr_factor(name)`` (per-parameter lr multiplier), ``find_unused_parameters`` (DDP);
 * checkpoints: ``convert_checkpoint(state_dict)`` (rename an official checkpoint's keys into this
-  implementation's; called by the strict ``SegmenterCheckpointer``).
+  implementation's; called by the strict ``SegmenterCheckpointer``);
+* distillation: ``dense_class_probs(images, class_names)`` (per-pixel class probabilities, what a
+  student distils from any segmenter used as its teacher).
 
 Inference follows detectron2's contract: ``model(list[dict]) -> [{"sem_seg": Tensor[K, H, W]}]``
 at each input's ``height``/``width``.
@@ -119,6 +121,34 @@ class OpenVocabSegmenter(nn.Module):
     def lr_factor(self, param_name: str) -> float:
         """Learning-rate multiplier of parameter ``param_name`` (default 1)."""
         return 1.0
+
+    @torch.no_grad()
+    def dense_class_probs(self, images: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
+        """Per-pixel class probabilities ``[B, K, H, W]`` (summing to 1 over K) of ``images``
+        (float or uint8 ``[B, 3, H, W]``, 0..255 RGB, at the size they are given) for the
+        vocabulary ``class_names``: the target when this segmenter teaches a student.
+
+        The default runs ``forward`` in eval mode and turns each ``sem_seg`` into probabilities
+        with ``scores_to_probs``.
+        """
+        was_training = self.training
+        previous = self.vocabulary
+        self.eval()
+        try:
+            self.set_vocabulary(class_names)
+            h, w = images.shape[-2:]
+            inputs = [{"image": im, "height": h, "width": w} for im in images]
+            out = torch.stack([o["sem_seg"] for o in self(inputs)])
+        finally:
+            self.vocabulary = previous
+            self.train(was_training)
+        return self.scores_to_probs(out.float())
+
+    def scores_to_probs(self, sem_seg: torch.Tensor) -> torch.Tensor:
+        """``sem_seg`` ``[B, K, H, W]`` as returned by ``forward`` -> probabilities over K.
+        Default: softmax (``sem_seg`` are logits); a segmenter whose ``sem_seg`` are already
+        non-negative scores (mask-classification models) overrides this (e.g. normalise sums)."""
+        return sem_seg.softmax(dim=1)
 
     @classmethod
     def convert_checkpoint(cls, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
