@@ -94,6 +94,9 @@ def add_segstudent_config(cfg: CN) -> None:
     cfg.MODEL.CLIPDISTILL.LOSS.GLOBAL_WEIGHT = 1.0
     cfg.MODEL.CLIPDISTILL.LOSS.LOCAL_WEIGHT = 1.0
     cfg.MODEL.CLIPDISTILL.LOSS.DENSE_WEIGHT = 0.0  # 0 disables loss_dense (and the dense teacher)
+    # loss_seg_kd: KL from the segmenter teacher's per-pixel class probabilities over the training
+    # vocabulary (MODEL.CLIPDISTILL.SEGMENTER_TEACHER); 0 disables it (and the segmenter teacher).
+    cfg.MODEL.CLIPDISTILL.LOSS.SEG_KD_WEIGHT = 0.0
     cfg.MODEL.CLIPDISTILL.LOSS.TEMPERATURE = 0.07  # tau of the InfoNCE losses
     cfg.MODEL.CLIPDISTILL.LOSS.ATTN_TEMPERATURE = 0.07  # T_attn of loss_local's attention pooling
     # Gather embeddings from all processes so InfoNCE sees the global batch as negatives.
@@ -101,3 +104,13 @@ def add_segstudent_config(cfg: CN) -> None:
 
     # lr factor of the (pretrained) backbone parameters (SegStudent.lr_factor)
     cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
+
+    # ---- another clipdistill segmenter as teacher (modeling/teacher/segmenter_teacher.py) ----
+    cfg.MODEL.CLIPDISTILL.SEGMENTER_TEACHER = CN()
+    # Config file of the teacher segmenter (e.g. configs/san/...yaml, configs/maskclip/...yaml).
+    cfg.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.CONFIG_FILE = ""
+    # Its checkpoint, loaded strictly (official SAN/OVSeg releases load through their conversion
+    # hook); "" keeps what its config builds (training-free segmenters need nothing).
+    cfg.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.WEIGHTS = ""
+    # Overrides of the teacher's config, as KEY VALUE pairs (MODEL.DEVICE follows the student's).
+    cfg.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.OPTS = []

@@ -117,6 +117,23 @@ def dense_loss(f: torch.Tensor, td: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(f, td.to(f.dtype), dim=1)).mean()
 
 
+def seg_kd_loss(
+    logits: torch.Tensor, teacher_probs: torch.Tensor, mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``loss_seg_kd``: ``KL(p_teacher || softmax(logits))`` per location, averaged over the valid
+    locations; ``teacher_probs`` ``[B, K, H, W]`` are area-averaged to the logits' ``[B, K, h, w]``
+    grid first. ``mask``: optional ``[B, h*w]`` bool of valid (non-padding) locations."""
+    if teacher_probs.shape[-2:] != logits.shape[-2:]:
+        teacher_probs = F.interpolate(teacher_probs, size=logits.shape[-2:], mode="area")
+    log_p = F.log_softmax(logits.float(), dim=1)
+    p_t = teacher_probs.to(log_p.dtype)
+    kl = (p_t * (torch.log(p_t.clamp(min=1e-8)) - log_p)).sum(dim=1).flatten(1)  # [B, h*w]
+    if mask is None:
+        return kl.mean()
+    m = mask.to(kl.dtype)
+    return (kl * m).sum() / m.sum().clamp(min=1)
+
+
 def ce_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """``loss_ce``: pixel cross-entropy; ``logits`` ``[B, K, h, w]`` are bilinearly upsampled to
     the target's ``[B, H, W]`` size first."""

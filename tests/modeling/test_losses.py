@@ -123,3 +123,19 @@ def test_info_nce_gather_matches_global_batch():
     # without gathering, each rank would only see 3 negatives: a different value
     local = (L.info_nce(a_all[:3], b_all[:3], 0.1) + L.info_nce(a_all[3:], b_all[3:], 0.1)) / 2
     assert local.item() != pytest.approx(full, rel=1e-3)
+
+
+def test_seg_kd_loss_by_hand():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 2, 2, generator=g)
+    # teacher at twice the resolution: area-averaged to the logits' grid first
+    t = torch.rand(2, 3, 4, 4, generator=g)
+    t = t / t.sum(dim=1, keepdim=True)
+    mask = torch.tensor([[True, True, False, True], [True, False, False, False]])
+    got = L.seg_kd_loss(logits, t, mask)
+    pt = torch.nn.functional.avg_pool2d(t, 2)
+    kl = (pt * (pt.log() - logits.log_softmax(1))).sum(1).flatten(1)
+    expected = kl[mask].mean()
+    torch.testing.assert_close(got, expected)
+    # equal distributions: zero loss
+    assert L.seg_kd_loss(pt.log(), pt).abs().item() < 1e-6

@@ -161,3 +161,49 @@ def test_backbone_local_weights_file(tmp_path):
     model = build_model(tiny_cfg("MODEL.TIMM.WEIGHTS", path))
     stem = model.backbone.model.conv_stem.weight
     assert torch.all(stem == 0.5)
+
+
+def test_segmenter_teacher_distillation(cfg, tmp_path):
+    """Another segmenter (here a tiny SegStudent from its own config and checkpoint) teaches the
+    student: loss_seg_kd is computed, the teacher is frozen, not optimised, not checkpointed."""
+    from common import CONFIGS, TINY_OPTS
+
+    teacher_cfg = tiny_cfg()
+    SegmenterCheckpointer(build_model(teacher_cfg), str(tmp_path)).save("teacher")
+    c = cfg.clone()
+    c.defrost()
+    c.MODEL.CLIPDISTILL.LOSS.SEG_KD_WEIGHT = 0.5
+    c.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.CONFIG_FILE = f"{CONFIGS}/voc_toy.yaml"
+    c.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.OPTS = list(TINY_OPTS)
+    c.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.WEIGHTS = str(tmp_path / "teacher.pth")
+    model = build_model(c).train()
+    assert not model.seg_teacher.training and not model.seg_teacher.segmenter.training
+    inputs = random_inputs(SIZES)
+    with EventStorage():
+        losses = model(inputs)
+    assert torch.isfinite(losses["loss_seg_kd"]) and losses["loss_seg_kd"] > 0
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in model.seg_teacher.parameters())
+    assert not any(k.startswith("seg_teacher.") for k in model.state_dict())
+    opt = Trainer.build_optimizer(c, model)
+    optimised = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not any(id(p) in optimised for p in model.seg_teacher.parameters())
+    # the target is the teacher's own prediction, as dense_class_probs gives it
+    images = inputs[0]["image"][None].float()
+    probs = model.seg_teacher.probs(images, model.train_vocabulary)
+    assert probs.shape == (1, len(model.train_vocabulary), *images.shape[-2:])
+    torch.testing.assert_close(probs.sum(1), torch.ones(1, *images.shape[-2:]))
+    # a student checkpoint loads into a student without a segmenter teacher and back (strict)
+    SegmenterCheckpointer(model, str(tmp_path)).save("student")
+    SegmenterCheckpointer(build_model(cfg)).load(str(tmp_path / "student.pth"))
+
+
+def test_segmenter_teacher_needs_its_weight(cfg):
+    c = cfg.clone()
+    c.defrost()
+    c.MODEL.CLIPDISTILL.LOSS.SEG_KD_WEIGHT = 1.0
+    with pytest.raises(ValueError, match="SEGMENTER_TEACHER.CONFIG_FILE"):
+        build_model(c)
+    c.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.CONFIG_FILE = "/nonexistent.yaml"
+    with pytest.raises(FileNotFoundError, match="/nonexistent.yaml"):
+        build_model(c)

@@ -22,20 +22,18 @@ from ..fusion import FusionNeck
 from ..heads import build_student_head
 from ..inference import fold_batch_norms, is_exporting
 from ..segmenter import OpenVocabSegmenter, train_vocabulary_from_cfg
-from ..teacher import CLIPTeacher
+from ..teacher import (
+    CLIPTeacher,
+    SegmenterTeacher,
+    build_segmenter_teacher,
+    ignore_frozen_missing_keys,
+)
 
 __all__ = ["SegStudent"]
 
 logger = logging.getLogger(__name__)
 
 _INFERENCE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _teacher_keys_are_not_expected(module, incompatible_keys) -> None:
-    # The frozen teacher is not part of the student's state (CLIPTeacher.state_dict is empty), so
-    # its keys are never "missing" from a student checkpoint: strict loading stays meaningful.
-    missing = incompatible_keys.missing_keys
-    missing[:] = [k for k in missing if not k.startswith("teacher.")]
 
 
 @META_ARCH_REGISTRY.register()
@@ -53,7 +51,7 @@ class SegStudent(OpenVocabSegmenter):
     """
 
     #: the teacher only gives cached text embeddings at inference
-    inference_excluded_modules = ("teacher",)
+    inference_excluded_modules = ("teacher", "seg_teacher")
     exportable = True
 
     @configurable
@@ -78,6 +76,7 @@ class SegStudent(OpenVocabSegmenter):
         channels_last: bool = False,
         fold_bn: bool = False,
         backbone_multiplier: float = 1.0,
+        seg_teacher: Optional[SegmenterTeacher] = None,
     ):
         """
         Args:
@@ -100,6 +99,8 @@ class SegStudent(OpenVocabSegmenter):
                 folded into the convolutions (rebuilt whenever a weight changes; not part of the
                 state dict); skipped with a warning if the copy does not reproduce the original.
             backbone_multiplier: learning-rate factor of the backbone's parameters.
+            seg_teacher: a frozen segmenter whose class probabilities the student distils
+                (``loss_seg_kd``); needed iff that loss has a weight.
         """
         if inference_dtype not in _INFERENCE_DTYPES:
             raise ValueError(
@@ -112,6 +113,13 @@ class SegStudent(OpenVocabSegmenter):
         self.clip_proj = clip_proj
         self.seg_head = seg_head
         self.teacher = teacher
+        if (seg_teacher is None) != (loss_weights.get("loss_seg_kd", 0) <= 0):
+            raise ValueError(
+                "MODEL.CLIPDISTILL.LOSS.SEG_KD_WEIGHT > 0 needs a segmenter teacher "
+                "(MODEL.CLIPDISTILL.SEGMENTER_TEACHER.CONFIG_FILE), and a segmenter teacher is "
+                "only used with SEG_KD_WEIGHT > 0"
+            )
+        self.seg_teacher = seg_teacher
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.ignore_value = ignore_value
@@ -134,7 +142,7 @@ class SegStudent(OpenVocabSegmenter):
         if channels_last:
             for m in (self.backbone, self.proj, self.clip_proj, self.seg_head):
                 m.to(memory_format=torch.channels_last)
-        self.register_load_state_dict_post_hook(_teacher_keys_are_not_expected)
+        self.register_load_state_dict_post_hook(ignore_frozen_missing_keys)
 
     @classmethod
     def from_config(cls, cfg):
@@ -157,6 +165,7 @@ class SegStudent(OpenVocabSegmenter):
                 "loss_global": lc.GLOBAL_WEIGHT,
                 "loss_local": lc.LOCAL_WEIGHT,
                 "loss_dense": lc.DENSE_WEIGHT,
+                "loss_seg_kd": lc.SEG_KD_WEIGHT,
             },
             "temperature": lc.TEMPERATURE,
             "attn_temperature": lc.ATTN_TEMPERATURE,
@@ -166,6 +175,7 @@ class SegStudent(OpenVocabSegmenter):
             "channels_last": cfg.MODEL.CLIPDISTILL.CHANNELS_LAST,
             "fold_bn": cfg.MODEL.CLIPDISTILL.FOLD_BN,
             "backbone_multiplier": cfg.SOLVER.BACKBONE_MULTIPLIER,
+            "seg_teacher": build_segmenter_teacher(cfg) if lc.SEG_KD_WEIGHT > 0 else None,
         }
 
     @property
@@ -308,11 +318,28 @@ class SegStudent(OpenVocabSegmenter):
             out.append(F.interpolate(img, size=size, mode="bilinear", align_corners=False))
         return torch.cat(out)
 
+    def _seg_teacher_probs(self, batched_inputs, images: ImageList) -> torch.Tensor:
+        """The segmenter teacher's class probabilities over the training vocabulary, each image
+        at its own (unpadded) size, zero in the padding: ``[B, K, H_pad, W_pad]``."""
+        probs = None
+        for i, x in enumerate(batched_inputs):
+            p = self.seg_teacher.probs(x["image"][None].to(self.device), self.train_vocabulary)
+            if probs is None:
+                probs = p.new_zeros(len(batched_inputs), p.shape[1], *images.tensor.shape[-2:])
+            probs[i, :, : p.shape[-2], : p.shape[-1]] = p[0]
+        return probs
+
     def losses(
         self, batched_inputs, images: ImageList, feats: torch.Tensor
     ) -> Dict[str, torch.Tensor]:
         w = self.loss_weights
         losses = {}
+        logits = None
+        if w["loss_ce"] > 0 or w["loss_seg_kd"] > 0:
+            text = None
+            if self.seg_head.open_vocabulary:
+                text = self._head_text(self.train_vocabulary, feats.dtype)
+            logits = self.seg_head(feats, text)
         if w["loss_ce"] > 0:
             if "sem_seg" not in batched_inputs[0]:
                 raise ValueError("loss_ce needs 'sem_seg' in the training inputs")
@@ -320,10 +347,6 @@ class SegStudent(OpenVocabSegmenter):
             targets = ImageList.from_tensors(
                 targets, self.backbone.size_divisibility, self.ignore_value
             ).tensor
-            text = None
-            if self.seg_head.open_vocabulary:
-                text = self._head_text(self.train_vocabulary, feats.dtype)
-            logits = self.seg_head(feats, text)
             losses["loss_ce"] = L.ce_loss(logits, targets, self.ignore_value) * w["loss_ce"]
         f = feats.flatten(2)
         mask = self._valid_mask(images, feats.shape[-2:])
@@ -377,6 +400,10 @@ class SegStudent(OpenVocabSegmenter):
                 for i, (rows, cols) in enumerate(self._valid_extents(images, feats.shape[-2:]))
             ]
             losses["loss_dense"] = w["loss_dense"] * L.dense_loss(torch.cat(crops), td)
+        if w["loss_seg_kd"] > 0:
+            losses["loss_seg_kd"] = w["loss_seg_kd"] * L.seg_kd_loss(
+                logits, self._seg_teacher_probs(batched_inputs, images), mask
+            )
         if self.seg_head.open_vocabulary:
             get_event_storage().put_scalar("logit_scale", float(self.seg_head.logit_scale.detach()))
         return losses

@@ -15,7 +15,6 @@ runs under ``torch.no_grad()``, and it contributes nothing to its parent's ``sta
 
 import logging
 import math
-from collections import OrderedDict
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import open_clip
@@ -30,6 +29,7 @@ from torch import nn
 
 from ..clip.loader import MODEL_CONFIG_DIR, TOY_MODEL_NAME, load_open_clip
 from ..clip.text import PROMPT_TEMPLATES, TextEncoder, check_class_names
+from .frozen import FrozenAuxiliary
 
 __all__ = [
     "CLIPTeacher",
@@ -52,7 +52,7 @@ _KEY_DENSE_IMAGE_SIZE = "MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE"
 # --------------------------------------------------------------------------------------------
 # the teacher
 # --------------------------------------------------------------------------------------------
-class CLIPTeacher(nn.Module):
+class CLIPTeacher(FrozenAuxiliary):
     """Frozen CLIP (open_clip) teacher: global, dense and text embeddings in the joint space.
 
     Images are float tensors ``[B, 3, H, W]`` in 0..255 RGB (detectron2's convention); the teacher
@@ -169,40 +169,6 @@ class CLIPTeacher(nn.Module):
             "templates": t.TEMPLATES,
             "text_cache_dir": t.TEXT_CACHE_DIR,
         }
-
-    # ---- frozen-module plumbing ---------------------------------------------------------------
-    def train(self, mode: bool = True) -> "CLIPTeacher":
-        """Keep the teacher in eval mode, whatever ``mode`` (e.g. when the student trains).
-
-        Args:
-            mode: ignored.
-
-        Returns:
-            self.
-        """
-        return super().train(False)
-
-    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
-        """Contribute nothing to a state dict (see the class docstring for why).
-
-        ``nn.Module.state_dict`` of the parent calls this with its ``destination``; it is
-        returned untouched, so the parent's checkpoint holds no ``teacher.*`` keys.
-
-        Args:
-            *args: positional form of ``destination, prefix, keep_vars`` (deprecated by torch).
-            destination: the dict being filled by the parent, or None.
-            prefix: ignored.
-            keep_vars: ignored.
-
-        Returns:
-            ``destination`` unchanged (a new empty OrderedDict when it is None).
-        """
-        if args and destination is None and isinstance(args[0], dict):
-            destination = args[0]
-        if destination is None:
-            destination = OrderedDict()
-            destination._metadata = OrderedDict()
-        return destination
 
     def extra_repr(self) -> str:
         return (
