@@ -33,9 +33,9 @@ method is the one its authors' code uses (``vit.py``). ResNet towers support ``m
 location of ``layer4`` (MaskCLIP's ResNet path).
 
 Each method is tested against a transcription of its authors' code in
-``tests/modeling/test_dense.py``. Where the authors' code differs from a plain CLIP model (MaskCLIP's
-mmseg port of CLIP uses GELU in the MLP and LayerNorm eps 1e-6), this module uses the CLIP model's
-own modules.
+``tests/modeling/test_dense.py``. Where the authors' code differs from a plain CLIP model
+(MaskCLIP's mmseg port of CLIP uses GELU in the MLP and LayerNorm eps 1e-6), this module uses the
+CLIP model's own modules.
 """
 
 from dataclasses import dataclass
@@ -95,7 +95,9 @@ def naclip_neighbourhood_bias(
     if bias is None:
         h, w = key[0], key[1]
         ii, jj = torch.meshgrid(
-            torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+            torch.arange(h, dtype=torch.float32),
+            torch.arange(w, dtype=torch.float32),
+            indexing="ij",
         )
         pos = torch.stack([ii.flatten(), jj.flatten()], dim=1)  # [h*w, 2]
         d2 = (pos[:, None, :] - pos[None, :, :]).pow(2).sum(-1)
@@ -114,15 +116,15 @@ def _attend(block: nn.Module, y: torch.Tensor, kind: str, grid, naclip_std: floa
     if kind == "value":
         return vit.attention_output(block, v)
     s = vit.attention_scale(q)
+    qq = (q @ q.transpose(-1, -2)) * s if kind in ("csa", "qq") else None
+    kk = (k @ k.transpose(-1, -2)) * s if kind in ("csa", "kk_neighbourhood") else None
     if kind == "csa":
-        attn = ((q @ q.transpose(-1, -2)) * s).softmax(-1) + ((k @ k.transpose(-1, -2)) * s).softmax(
-            -1
-        )
+        attn = qq.softmax(-1) + kk.softmax(-1)
     elif kind == "qq":
-        attn = ((q @ q.transpose(-1, -2)) * s).softmax(-1)
+        attn = qq.softmax(-1)
     elif kind == "kk_neighbourhood":
         bias = naclip_neighbourhood_bias(grid, naclip_std, device=k.device, dtype=k.dtype)
-        attn = ((k @ k.transpose(-1, -2)) * s + bias).softmax(-1)
+        attn = (kk + bias).softmax(-1)
     else:  # unreachable: DENSE_METHODS is closed
         raise ValueError(kind)
     return vit.attention_output(block, attn @ v)
