@@ -44,6 +44,11 @@ def add_clip_teacher_config(cfg: CN) -> None:
     cfg.MODEL.CLIPDISTILL.TEACHER.TEMPLATES = "openai"
     # On-disk cache of text embeddings; "" means $XDG_CACHE_HOME/clipdistill/text_embeddings.
     cfg.MODEL.CLIPDISTILL.TEACHER.TEXT_CACHE_DIR = ""
+    # How dense features are computed (clipdistill/modeling/clip/dense.py), for the distillation
+    # target Td and for the training-free segmenters: "value_only" (last block's value path, no
+    # residual, no MLP: the distillation default), "maskclip" (MaskCLIP's official form, residual
+    # and MLP kept), "sclip", "clearclip" or "naclip".
+    cfg.MODEL.CLIPDISTILL.TEACHER.DENSE_METHOD = "value_only"
 
 
 def add_segstudent_config(cfg: CN) -> None:

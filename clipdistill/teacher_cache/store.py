@@ -8,10 +8,12 @@ One folder per dataset, ``<MODEL.CLIPDISTILL.TEACHER_CACHE.DIR>/<dataset name>/`
     ...
 
 A shard holds ``global`` (``[n, C]``, the teacher's whole-image embedding ``Cg``) and one
-``dense.<j>`` (``[C, gh, gw]``, the MaskCLIP dense map ``Td`` of the whole image, its shorter side
-resized to ``DENSE_IMAGE_SIZE``) per image; its metadata repeats the image keys and sizes.
+``dense.<j>`` (``[C, gh, gw]``, the dense map ``Td`` of the whole image computed by
+``DENSE_METHOD``, its shorter side resized to ``DENSE_IMAGE_SIZE``) per image; its metadata repeats
+the image keys and sizes.
 
-The cache is keyed by (teacher name, weights identity, input sizes, dataset name + image list);
+The cache is keyed by (teacher name, weights identity, input sizes, dense method, dataset name +
+image list);
 ``check_key`` names every field that differs.
 """
 
@@ -103,6 +105,7 @@ def cache_key(cfg, dataset_name: str, dataset_dicts: Optional[Sequence[dict]] = 
         "weights": weights_identity(t.WEIGHTS),
         "image_size": int(t.IMAGE_SIZE),
         "dense_short_side": int(t.DENSE_IMAGE_SIZE),
+        "dense_method": t.DENSE_METHOD,
         "image_format": cfg.INPUT.FORMAT,
         "dataset": dataset_name,
         "num_images": len(keys),

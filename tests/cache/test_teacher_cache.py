@@ -272,6 +272,10 @@ def test_stale_or_missing_cache_is_named(built, dataset, tmp_path):
         ),
         (("MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE", "96"), "dense_short_side: cache has 64"),
         (("MODEL.CLIPDISTILL.TEACHER.IMAGE_SIZE", "160"), "image_size: cache has 224"),
+        (
+            ("MODEL.CLIPDISTILL.TEACHER.DENSE_METHOD", "maskclip"),
+            "dense_method: cache has 'value_only', config wants 'maskclip'",
+        ),
     ]:
         stale = cfg.clone()
         stale.merge_from_list(list(opts))

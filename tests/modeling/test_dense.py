@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from clipdistill.modeling.clip import vit
 from clipdistill.modeling.clip.dense import DENSE_METHODS, dense_features
-from clipdistill.modeling.teacher import TOY_MODEL_NAME
+from clipdistill.modeling.clip import TOY_MODEL_NAME
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

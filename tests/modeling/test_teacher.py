@@ -14,6 +14,8 @@ from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES  # noqa: E402
 from torch import nn  # noqa: E402
 
 from clipdistill.modeling.clip import loader as clip_loader  # noqa: E402
+from clipdistill.modeling.clip import vit  # noqa: E402
+from clipdistill.modeling.clip.dense import dense_features  # noqa: E402
 from clipdistill.modeling.clip import PROMPT_TEMPLATES, TOY_MODEL_NAME  # noqa: E402
 from clipdistill.modeling.teacher import CLIPTeacher, build_clip_teacher  # noqa: E402
 
@@ -120,7 +122,7 @@ def test_dense_positional_embedding_interpolation(teacher):
     naive = _manual_dense(teacher, x, _interp_pos(teacher, (20, 30), "nearest"))
     assert (out - naive).abs().max() > 1e-3
     # the class-token position is kept as is
-    pos = teacher._positional_embedding((20, 30))
+    pos = vit.resample_pos_embed(teacher.model.visual, (20, 30))
     assert pos.shape == (1 + 20 * 30, 64)
     torch.testing.assert_close(pos[0], teacher.model.visual.positional_embedding[0])
 
@@ -132,11 +134,45 @@ def test_value_path_by_hand(teacher):
     v = F.linear(block.ln_1(x), w[128:192], b[128:192])
     expected = v @ block.attn.out_proj.weight.T + block.attn.out_proj.bias
     with torch.no_grad():
-        got = teacher._value_path(block, x)
+        got = vit.attention_output(block, vit.attention_qkv(block, block.ln_1(x))[2])
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
         # with a single token, real attention attends to itself only: same result
         attn_out = block.attention(q_x=block.ln_1(x[:, :1]))
         torch.testing.assert_close(got[:, :1], attn_out, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["maskclip", "sclip", "clearclip", "naclip"])
+def test_dense_method_is_configurable(method):
+    from detectron2.config import get_cfg
+
+    from clipdistill.config import add_clipdistill_config
+
+    cfg = get_cfg()
+    add_clipdistill_config(cfg)
+    cfg.merge_from_list(
+        [
+            "MODEL.CLIPDISTILL.TEACHER.NAME",
+            TOY_MODEL_NAME,
+            "MODEL.CLIPDISTILL.TEACHER.WEIGHTS",
+            "",
+            "MODEL.CLIPDISTILL.TEACHER.DENSE_METHOD",
+            method,
+        ]
+    )
+    t = build_clip_teacher(cfg)
+    assert t.dense_method == method
+    x = _images(1, 96, 128)
+    expected = dense_features(t.model.visual, _normalise(t, x), method)
+    out = t.encode_image_dense(x, size=(96, 128))
+    torch.testing.assert_close(out, F.normalize(expected, dim=1), atol=1e-5, rtol=1e-5)
+    default = CLIPTeacher(model_name=TOY_MODEL_NAME, weights="", templates="single")
+    assert default.dense_method == "value_only"
+    assert (out - default.encode_image_dense(x, size=(96, 128))).abs().max() > 1e-2
+
+
+def test_unknown_dense_method_names_the_key():
+    with pytest.raises(ValueError, match="DENSE_METHOD='mask_clip'.*maskclip"):
+        CLIPTeacher(model_name=TOY_MODEL_NAME, weights="", dense_method="mask_clip")
 
 
 def test_dense_resnet_tower(monkeypatch):

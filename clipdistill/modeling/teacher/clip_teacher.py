@@ -4,7 +4,8 @@
 that gives the three things the distillation needs (docs/METHOD.md):
 
 * ``encode_image``: ``Cg``, CLIP's embedding of the whole image (the class-token path);
-* ``encode_image_dense``: ``Td``, dense patch features in the joint space (the MaskCLIP route);
+* ``encode_image_dense``: ``Td``, dense patch features in the joint space (``DENSE_METHOD``:
+  value-only MaskCLIP by default, or MaskCLIP, SCLIP, ClearCLIP, NACLIP);
 * ``encode_text``: ``Tk``, prompt-ensembled text embeddings of class names, cached in memory and on
   disk.
 
@@ -23,10 +24,11 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.modified_resnet import ModifiedResNet
-from open_clip.transformer import Attention as OpenClipAttention
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from ..clip import vit
+from ..clip.dense import DENSE_METHODS, dense_features
 from ..clip.loader import MODEL_CONFIG_DIR, TOY_MODEL_NAME, load_open_clip
 from ..clip.text import PROMPT_TEMPLATES, TextEncoder, check_class_names
 from .frozen import FrozenAuxiliary
@@ -47,6 +49,7 @@ _KEY_WEIGHTS = "MODEL.CLIPDISTILL.TEACHER.WEIGHTS"
 _KEY_TEMPLATES = "MODEL.CLIPDISTILL.TEACHER.TEMPLATES"
 _KEY_IMAGE_SIZE = "MODEL.CLIPDISTILL.TEACHER.IMAGE_SIZE"
 _KEY_DENSE_IMAGE_SIZE = "MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE"
+_KEY_DENSE_METHOD = "MODEL.CLIPDISTILL.TEACHER.DENSE_METHOD"
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,6 +78,7 @@ class CLIPTeacher(FrozenAuxiliary):
         dense_image_size: int = 448,
         templates: str = "openai",
         text_cache_dir: str = "",
+        dense_method: str = "value_only",
     ):
         """
         Args:
@@ -88,8 +92,16 @@ class CLIPTeacher(FrozenAuxiliary):
             templates: prompt template set for ``encode_text``: "openai", "simple" or "single".
             text_cache_dir: directory of the on-disk text-embedding cache; "" means
                 ``$XDG_CACHE_HOME/clipdistill/text_embeddings`` (``~/.cache`` by default).
+            dense_method: how ``encode_image_dense`` computes patch features, a name of
+                ``clipdistill.modeling.clip.DENSE_METHODS`` ("value_only", "maskclip", "sclip",
+                "clearclip", "naclip").
         """
         super().__init__()
+        if dense_method not in DENSE_METHODS:
+            raise ValueError(
+                f"{_KEY_DENSE_METHOD}={dense_method!r} is not a dense method; choose one of "
+                f"{sorted(DENSE_METHODS)}."
+            )
         if templates not in PROMPT_TEMPLATES:
             raise ValueError(
                 f"{_KEY_TEMPLATES}={templates!r} is not a prompt template set; choose one of "
@@ -106,6 +118,7 @@ class CLIPTeacher(FrozenAuxiliary):
         self.weights = weights
         self.templates = templates
         self.text_cache_dir = text_cache_dir
+        self.dense_method = dense_method
 
         model, identity = load_open_clip(
             model_name, weights, name_key=_KEY_NAME, weights_key=_KEY_WEIGHTS
@@ -168,13 +181,14 @@ class CLIPTeacher(FrozenAuxiliary):
             "dense_image_size": t.DENSE_IMAGE_SIZE,
             "templates": t.TEMPLATES,
             "text_cache_dir": t.TEXT_CACHE_DIR,
+            "dense_method": t.DENSE_METHOD,
         }
 
     def extra_repr(self) -> str:
         return (
             f"model_name={self.model_name!r}, weights={self.weights!r}, "
             f"image_size={self.image_size}, dense_image_size={self.dense_image_size}, "
-            f"templates={self.templates!r}"
+            f"templates={self.templates!r}, dense_method={self.dense_method!r}"
         )
 
     # ---- properties ------------------------------------------------------------------------------
@@ -216,8 +230,8 @@ class CLIPTeacher(FrozenAuxiliary):
         if size == self._native_size:
             feats = self.model.encode_image(x)
         else:  # a VisionTransformer (checked in __init__)
-            tokens = self._vit_tokens(x)
-            tokens = self._run_blocks(tokens, visual.transformer.resblocks)
+            tokens, _ = vit.vit_tokens(visual, x)
+            tokens = vit.run_blocks(visual, tokens)
             feats, _ = visual._pool(tokens)  # open_clip's own pooling (class token, ln_post)
             if visual.proj is not None:
                 feats = feats @ visual.proj
@@ -227,16 +241,17 @@ class CLIPTeacher(FrozenAuxiliary):
     def encode_image_dense(
         self, images: torch.Tensor, size: Optional[Union[int, Sequence[int]]] = None
     ) -> torch.Tensor:
-        """Dense patch features ``Td`` in the joint space (MaskCLIP).
+        """Dense patch features ``Td`` in the joint space, computed by ``DENSE_METHOD``.
 
-        ViT towers: the image goes through the patch embedding (positional embeddings bicubically
-        interpolated to the grid of the input, class-token position kept) and all blocks but the
-        last one unchanged. In the last block the query-key attention is dropped: every token
-        takes its own value, ``x_v = out_proj(v_proj(ln_1(x)))`` (times the layer scale, if any).
-        ``x_v`` is used directly, without the block's residual and MLP, followed by ``ln_post``
-        and ``proj`` on the patch tokens; this is the value-only form (as in ClearCLIP), which
-        keeps the features local. ResNet towers: ``c_proj(v_proj(.))`` of the attention pool at
-        every location of ``layer4``'s output.
+        The images are resized to ``size`` and normalised, then go through
+        ``clipdistill.modeling.clip.dense_features`` with the configured method. The default,
+        ``value_only``, runs every block but the last one unchanged; in the last block every token
+        takes its own value, ``out_proj(v_proj(ln_1(x)))``, without the block's residual and MLP,
+        followed by ``ln_post`` and ``proj`` (positional embeddings resampled bicubically to the
+        input's grid). ``maskclip`` is MaskCLIP's own form (residual and MLP kept); ``sclip``,
+        ``clearclip`` and ``naclip`` change the last attention
+        (``clipdistill.modeling.clip.dense``). ResNet towers: ``c_proj(v_proj(.))`` of the
+        attention pool at every location of ``layer4``'s output (``value_only`` and ``maskclip``).
 
         Args:
             images: ``[B, 3, H, W]`` float RGB in 0..255.
@@ -254,13 +269,7 @@ class CLIPTeacher(FrozenAuxiliary):
         hw = _to_2tuple(size)
         hw = tuple(max(patch, int(math.floor(s / patch + 0.5)) * patch) for s in hw)
         x = self._preprocess(images, hw)
-        visual = self.model.visual
-        if isinstance(visual, VisionTransformer):
-            feats = self._vit_dense(x)
-        elif isinstance(visual, ModifiedResNet):
-            feats = self._resnet_dense(x)
-        else:  # unreachable: patch_size raised already
-            raise NotImplementedError(type(visual).__name__)
+        feats = dense_features(self.model.visual, x, self.dense_method)
         return F.normalize(feats.float(), dim=1)
 
     def _preprocess(self, images: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -277,108 +286,6 @@ class CLIPTeacher(FrozenAuxiliary):
 
     def _param_dtype(self) -> torch.dtype:
         return next(self.model.visual.parameters()).dtype
-
-    # ViT helpers
-    def _positional_embedding(self, grid: Tuple[int, int]) -> torch.Tensor:
-        """The tower's positional embedding ``[1 + h*w, width]`` for a ``grid = (h, w)`` input."""
-        visual = self.model.visual
-        pos = visual.positional_embedding
-        native = tuple(visual.grid_size)
-        if tuple(grid) == native:
-            return pos
-        cls_pos, patch_pos = pos[:1], pos[1:]
-        width = pos.shape[-1]
-        patch_pos = patch_pos.reshape(1, native[0], native[1], width).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(
-            patch_pos.float(), size=tuple(grid), mode="bicubic", align_corners=False
-        )
-        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], width)
-        return torch.cat([cls_pos, patch_pos.to(pos.dtype)], dim=0)
-
-    def _vit_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch embedding + class token + (interpolated) positional embedding + ``ln_pre``."""
-        visual = self.model.visual
-        x = visual.conv1(x)  # [B, width, h, w]
-        grid = (x.shape[-2], x.shape[-1])
-        x = x.flatten(2).transpose(1, 2)  # [B, h*w, width]
-        cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1)
-        x = x + self._positional_embedding(grid).to(x.dtype)
-        x = visual.patch_dropout(x)  # identity in eval mode
-        return visual.ln_pre(x)
-
-    def _run_blocks(self, x: torch.Tensor, blocks: Sequence[nn.Module]) -> torch.Tensor:
-        """Run transformer ``blocks`` on batch-first tokens ``x``, honouring the stack's layout."""
-        batch_first = getattr(self.model.visual.transformer, "batch_first", True)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        for block in blocks:
-            x = block(x)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        return x
-
-    @staticmethod
-    def _value_path(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The attention branch of ``block`` with every token attending only to itself.
-
-        Args:
-            block: an open_clip ``ResidualAttentionBlock`` or ``CustomResidualAttentionBlock``.
-            x: batch-first tokens ``[B, L, width]`` entering the block.
-
-        Returns:
-            ``ls_1(out_proj(v_proj(ln_1(x))))`` (plus the custom block's head scale, inner and
-            post-attention norms), ``[B, L, width]``.
-        """
-        y = block.ln_1(x)
-        attn = block.attn
-        if isinstance(attn, nn.MultiheadAttention):
-            e = attn.embed_dim
-            if attn._qkv_same_embed_dim:
-                w_v = attn.in_proj_weight[2 * e :]
-            else:
-                w_v = attn.v_proj_weight
-            b_v = attn.in_proj_bias[2 * e :] if attn.in_proj_bias is not None else None
-            out = attn.out_proj(F.linear(y, w_v, b_v))
-        elif isinstance(attn, OpenClipAttention):
-            e = y.shape[-1]
-            b_v = attn.in_proj_bias[2 * e :] if attn.in_proj_bias is not None else None
-            v = F.linear(y, attn.in_proj_weight[2 * e :], b_v)
-            if attn.head_scale is not None:
-                n, l, _ = v.shape
-                v = v.view(n, l, attn.num_heads, -1) * attn.head_scale.view(1, 1, -1, 1)
-                v = v.reshape(n, l, e)
-            out = attn.out_proj(getattr(attn, "ln_inner", nn.Identity())(v))
-            out = getattr(block, "ln_attn", nn.Identity())(out)
-        else:
-            raise NotImplementedError(
-                f"MaskCLIP dense features: unsupported attention module {type(attn).__name__}."
-            )
-        return getattr(block, "ls_1", nn.Identity())(out)
-
-    def _vit_dense(self, x: torch.Tensor) -> torch.Tensor:
-        visual = self.model.visual
-        if getattr(visual, "attn_pool", None) is not None:
-            raise NotImplementedError(
-                f"Dense features are not implemented for {self.model_name!r} (attentional pooler)."
-            )
-        b = x.shape[0]
-        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
-        blocks = visual.transformer.resblocks
-        tokens = self._run_blocks(self._vit_tokens(x), blocks[:-1])
-        tokens = self._value_path(blocks[-1], tokens)[:, 1:]  # drop the class token
-        tokens = visual.ln_post(tokens)
-        if visual.proj is not None:
-            tokens = tokens @ visual.proj
-        return tokens.reshape(b, h, w, -1).permute(0, 3, 1, 2)
-
-    def _resnet_dense(self, x: torch.Tensor) -> torch.Tensor:
-        visual = self.model.visual
-        x = visual.stem(x)
-        x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))  # [B, 32*width, h, w]
-        pool = visual.attnpool
-        x = pool.c_proj(pool.v_proj(x.permute(0, 2, 3, 1)))
-        return x.permute(0, 3, 1, 2)
 
     # ---- text -----------------------------------------------------------------------------------
     def encode_text(self, class_names: Sequence[str]) -> torch.Tensor:
