@@ -14,6 +14,7 @@ __all__ = [
     "add_engine_config",
     "add_clip_teacher_config",
     "add_segstudent_config",
+    "add_maskclip_config",
 ]
 
 
@@ -22,6 +23,7 @@ def add_clipdistill_config(cfg: CN) -> None:
     add_engine_config(cfg)
     add_clip_teacher_config(cfg)
     add_segstudent_config(cfg)
+    add_maskclip_config(cfg)
 
 
 def add_engine_config(cfg: CN) -> None:
@@ -119,3 +121,25 @@ def add_segstudent_config(cfg: CN) -> None:
     cfg.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.WEIGHTS = ""
     # Overrides of the teacher's config, as KEY VALUE pairs (MODEL.DEVICE follows the student's).
     cfg.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.OPTS = []
+
+
+def add_maskclip_config(cfg: CN) -> None:
+    """The training-free ``MaskCLIP`` segmenters (clipdistill/modeling/meta_arch/training_free.py):
+    the CLIP model and dense method are ``MODEL.CLIPDISTILL.TEACHER.*``; these keys are the
+    inference protocol. Defaults: SCLIP's and NACLIP's code (configs/maskclip/ sets each paper's).
+    """
+    cfg.MODEL.MASKCLIP = CN()
+    # Sliding-window side in pixels on the test-resized image (INPUT.MIN_SIZE_TEST); 0: one pass
+    # over the whole image.
+    cfg.MODEL.MASKCLIP.SLIDE_WINDOW = 224
+    cfg.MODEL.MASKCLIP.SLIDE_STRIDE = 112  # step between windows in pixels
+    # Class probabilities are softmax(LOGIT_SCALE * cosine(dense feature, text embedding)).
+    cfg.MODEL.MASKCLIP.LOGIT_SCALE = 40.0
+    # Background rules for vocabularies whose class 0 is the background (VOC-21): pixels whose
+    # best probability is below PROB_THRESHOLD go to class 0; a class other than 0 predicted on at
+    # most AREA_THRESHOLD of the non-background pixels is dropped. 0 disables each.
+    cfg.MODEL.MASKCLIP.PROB_THRESHOLD = 0.0
+    cfg.MODEL.MASKCLIP.AREA_THRESHOLD = 0.0
+    # Pad each window to a multiple of the patch size (ClearCLIP) instead of letting the patch
+    # convolution drop the remainder (MaskCLIP, SCLIP, NACLIP).
+    cfg.MODEL.MASKCLIP.PAD_WINDOWS = False

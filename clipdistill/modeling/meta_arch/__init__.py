@@ -1,3 +1,4 @@
 from .seg_student import SegStudent
+from .training_free import MaskCLIP
 
-__all__ = ["SegStudent"]
+__all__ = ["SegStudent", "MaskCLIP"]
