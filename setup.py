@@ -28,6 +28,7 @@ setup(
         "tqdm",
         "Pillow",
         "scipy",
+        "matplotlib",  # tools/compare.py's plot
     ],
     extras_require={
         "dev": ["pytest", "black", "flake8", "isort"],

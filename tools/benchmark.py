@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Measure the student, the CLIP teacher (global + dense) and every registered segmenter in one
-process: parameters, FLOPs (fvcore: 1 fused multiply-add = 1 flop, i.e. MACs), median latency and
-images/s, peak memory, and the training seconds per iteration with cross-entropy only, with the
-online teacher and with the teacher-output cache.
+"""Measure the segmenter of --config-file (and of each --segmenter-config file, each built from
+its own config) and the CLIP teacher (global + dense) in one process: parameters, FLOPs (fvcore:
+1 fused multiply-add = 1 flop, i.e. MACs), median latency and images/s, peak memory, and the
+training seconds per iteration with cross-entropy only, with the online teacher and with the
+teacher-output cache.
 
     python tools/benchmark.py --config-file configs/voc_toy.yaml --size 512 --batch-size 1 \\
         --output out/bench.json MODEL.CLIPDISTILL.TEACHER.NAME ViT-B-16 \\
@@ -42,9 +43,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--train-size", type=int, default=None, help="default: INPUT.CROP.SIZE")
     p.add_argument(
-        "--segmenters",
-        default=None,
-        help="comma-separated META_ARCH names (default: all registered by clipdistill)",
+        "--segmenter-config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="one more segmenter, built from its own config file (+ the trailing overrides); "
+        "repeat for several",
     )
     p.add_argument("--skip-training", action="store_true")
     p.add_argument("--skip-flops", action="store_true")
@@ -72,7 +76,7 @@ def main(argv=None) -> dict:
         train_iters=args.train_iters,
         train_batch_size=args.train_batch_size,
         train_size=args.train_size,
-        segmenters=args.segmenters.split(",") if args.segmenters else None,
+        segmenter_cfgs=[get_clipdistill_cfg(f, args.opts) for f in args.segmenter_config],
         skip_training=args.skip_training,
         skip_flops=args.skip_flops,
     )

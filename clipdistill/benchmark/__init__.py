@@ -1,6 +1,8 @@
-"""Speed benchmark of the student, the CLIP teacher and every registered segmenter
-(``tools/benchmark.py``; results in ``docs/BENCHMARKS.md``)."""
+"""Speed benchmark of segmenters (each built from its own config) and of the CLIP teacher
+(``tools/benchmark.py``, ``docs/BENCHMARKS.md``), and the accuracy + cost comparison of several
+segmenters (``tools/compare.py``, ``docs/COMPARISON.md``)."""
 
+from .compare import Entry, format_markdown, parse_entry, run_comparison, write_comparison
 from .core import (
     BENCHMARK_TARGETS,
     FLOP_CONVENTION,
@@ -10,9 +12,10 @@ from .core import (
     PeakMemory,
     count_flops,
     format_table,
+    inference_params,
     register_benchmark_target,
-    registered_segmenters,
     run_benchmark,
+    segmenter_target,
 )
 
 __all__ = [
@@ -24,7 +27,13 @@ __all__ = [
     "PeakMemory",
     "count_flops",
     "format_table",
+    "inference_params",
     "register_benchmark_target",
-    "registered_segmenters",
     "run_benchmark",
+    "segmenter_target",
+    "Entry",
+    "parse_entry",
+    "run_comparison",
+    "format_markdown",
+    "write_comparison",
 ]

@@ -7,9 +7,10 @@ Measured in one process and one run (so that ratios compare like with like):
 * training seconds per iteration of the student for (a) cross-entropy only, (b) distillation with
   the online teacher, (c) distillation from the teacher-output cache.
 
-Targets are pluggable: every ``META_ARCH_REGISTRY`` entry defined in the ``clipdistill`` package is
-benchmarked as a segmenter (detectron2 inputs in, ``[{"sem_seg"}]`` out), so OVSeg/SAN/CaR
-meta-architectures join automatically; ``register_benchmark_target`` adds other ones.
+Targets are pluggable: a segmenter (detectron2 inputs in, ``[{"sem_seg"}]`` out) is benchmarked
+from its own config (``segmenter_target(cfg)``: the config's ``META_ARCHITECTURE`` built by
+``build_model``, its parameters counted through the ``OpenVocabSegmenter`` interface);
+``register_benchmark_target`` adds other kinds (the CLIP teacher's paths).
 
 FLOP convention: fvcore counts one fused multiply-add as one flop, so "GFLOPs" here are GMACs
 (papers quoting GFLOPs = 2 x MACs report twice these numbers).
@@ -30,14 +31,17 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from detectron2.modeling import META_ARCH_REGISTRY, build_model
+from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
+
+from ..modeling.segmenter import dataset_vocabulary
 
 __all__ = [
     "BenchmarkTarget",
     "BENCHMARK_TARGETS",
     "register_benchmark_target",
-    "registered_segmenters",
+    "segmenter_target",
+    "inference_params",
     "run_benchmark",
     "format_table",
     "FLOP_CONVENTION",
@@ -58,6 +62,7 @@ INFERENCE_FIELDS = (
     "input",
     "batch_size",
     "params_m",
+    "params_total_m",
     "gflops_per_image",
     "latency_ms",
     "latency_ms_min",
@@ -82,7 +87,7 @@ class BenchmarkTarget:
 
     ``build(cfg, device, size, batch_size)`` returns ``(module, run, example, params)``:
     ``module(example[:1])`` is what fvcore counts, ``run()`` is one timed inference of the batch,
-    ``params`` the number of parameters used at inference.
+    ``params`` ``{"total": ..., "per_image": ...}`` parameter counts (``inference_params``).
     """
 
     def __init__(self, name: str, kind: str, build: Callable):
@@ -97,18 +102,26 @@ def register_benchmark_target(target: BenchmarkTarget) -> BenchmarkTarget:
     return target
 
 
-def registered_segmenters() -> List[str]:
-    """META_ARCH names registered by the clipdistill package (the project's segmenters)."""
-    return sorted(
-        name
-        for name, obj in META_ARCH_REGISTRY
-        if getattr(obj, "__module__", "").startswith("clipdistill.")
-    )
-
-
 def _random_images(batch_size: int, size: int, device, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (batch_size, 3, size, size), generator=g, dtype=torch.uint8)
+
+
+def _test_resize(cfg, images: torch.Tensor) -> torch.Tensor:
+    """``images`` through the config's test-time augmentation (detectron2's
+    ``build_augmentation``: ``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``), as
+    the data loader gives them to the model."""
+    from detectron2.data import transforms as T
+    from detectron2.data.detection_utils import build_augmentation
+
+    augs = T.AugmentationList(build_augmentation(cfg, False))
+    out = []
+    for im in images:
+        arr = im.permute(1, 2, 0).numpy()
+        aug = T.AugInput(arr)
+        augs(aug)
+        out.append(torch.from_numpy(aug.image.copy()).permute(2, 0, 1))
+    return torch.stack(out)
 
 
 class _SegmenterFlops(nn.Module):
@@ -123,31 +136,49 @@ class _SegmenterFlops(nn.Module):
         return torch.stack([o["sem_seg"] for o in out])
 
 
-def _segmenter_builder(meta_arch: str) -> Callable:
-    def build(cfg, device, size, batch_size):
+def inference_params(model: nn.Module) -> Dict[str, int]:
+    """``{"total", "per_image"}`` parameter counts of a segmenter; ``per_image`` leaves out its
+    ``inference_excluded_modules`` (e.g. a text encoder whose output is cached per vocabulary)."""
+    skip = tuple(model.inference_excluded_modules)
+    total = per_image = 0
+    for n, p in model.named_parameters():
+        total += p.numel()
+        if not any(n == s or n.startswith(s + ".") for s in skip):
+            per_image += p.numel()
+    return {"total": total, "per_image": per_image}
+
+
+def segmenter_target(cfg, name: Optional[str] = None, test_resize: bool = False) -> BenchmarkTarget:
+    """A segmenter built from ``cfg`` as it is (only ``MODEL.DEVICE`` is set by the benchmark),
+    timed with the vocabulary of its first test dataset (else its training vocabulary).
+
+    Args:
+        cfg: the segmenter's own config.
+        name: row name (default: ``cfg.MODEL.META_ARCHITECTURE``).
+        test_resize: give the model the ``size x size`` images after the config's test-time
+            resize (``_test_resize``), as the data loader would; else the images as they are.
+            Either way outputs are at ``size x size``.
+    """
+
+    def build(_unused_cfg, device, size, batch_size):
         c = cfg.clone()
         c.defrost()
-        c.MODEL.META_ARCHITECTURE = meta_arch
         c.MODEL.DEVICE = str(device)
         model = build_model(c).eval()
+        if c.DATASETS.TEST:  # time with the vocabulary the segmenter is evaluated on
+            model.set_vocabulary(dataset_vocabulary(c.DATASETS.TEST[0]))
         images = _random_images(batch_size, size, device)
+        if test_resize:
+            images = _test_resize(c, images)
         inputs = [{"image": im, "height": size, "width": size} for im in images]
 
         def run():
             with torch.inference_mode():
                 return model(inputs)
 
-        module = _SegmenterFlops(model)
-        # parameters used at inference: the frozen teacher only provides (cached) text embeddings
-        skip = tuple(model.inference_excluded_modules)
-        params = sum(
-            p.numel()
-            for n, p in model.named_parameters()
-            if not any(n.startswith(s + ".") for s in skip)
-        )
-        return module, run, images, params
+        return _SegmenterFlops(model), run, images, inference_params(model)
 
-    return build
+    return BenchmarkTarget(name or cfg.MODEL.META_ARCHITECTURE, "segmenter", build)
 
 
 class _TeacherCall(nn.Module):
@@ -174,8 +205,8 @@ def _teacher_builder(dense: bool) -> Callable:
             with torch.inference_mode():
                 return module(images)
 
-        params = sum(p.numel() for p in teacher.model.visual.parameters())
-        return module, run, images, params
+        n = sum(p.numel() for p in teacher.model.visual.parameters())
+        return module, run, images, {"total": n, "per_image": n}
 
     return build
 
@@ -338,13 +369,14 @@ def bench_inference(
         gflops = None if total is None else total / 1e9
     with PeakMemory(device) as mem:
         times = time_calls(run, iters, warmup, device)
-    side = example.shape[-1]
+    h, w = example.shape[-2:]
     row = {
         "name": target.name,
         "kind": target.kind,
-        "input": f"{batch_size}x3x{side}x{side}",
+        "input": f"{batch_size}x3x{h}x{w}",
         "batch_size": batch_size,
-        "params_m": params / 1e6,
+        "params_m": params["per_image"] / 1e6,
+        "params_total_m": params["total"] / 1e6,
         "gflops_per_image": gflops,
         "latency_ms": 1000 * statistics.median(times),
         "latency_ms_min": 1000 * min(times),
@@ -414,7 +446,7 @@ def bench_training(
         optimizer = Trainer.build_optimizer(c, model)
     finally:
         trainer_log.setLevel(level)
-    num_classes = max(1, len(model.train_vocabulary)) if hasattr(model, "train_vocabulary") else 1
+    num_classes = max(1, len(model.train_vocabulary))
     inputs = _train_inputs(model, batch_size, size, num_classes, mode == "distill_cached")
     last = {}
 
@@ -484,24 +516,31 @@ def run_benchmark(
     train_warmup: Optional[int] = None,
     train_batch_size: Optional[int] = None,
     train_size: Optional[int] = None,
-    segmenters: Optional[Sequence[str]] = None,
+    segmenter_cfgs: Optional[Sequence] = None,
     skip_training: bool = False,
     skip_flops: bool = False,
 ) -> dict:
-    """Run every measurement; returns the JSON-ready result (see ``INFERENCE_FIELDS``)."""
+    """Run every measurement; returns the JSON-ready result (see ``INFERENCE_FIELDS``).
+
+    Segmenters: ``cfg``'s own ``META_ARCHITECTURE`` and one per config of ``segmenter_cfgs``,
+    each built from its own config (rows named ``META_ARCHITECTURE`` or, for extra configs whose
+    architecture repeats, ``META_ARCHITECTURE (#i)``).
+    """
     device = torch.device(device or cfg.MODEL.DEVICE)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda requested but no CUDA device is available")
-    segmenters = list(segmenters) if segmenters else registered_segmenters()
-    unknown = [s for s in segmenters if s not in registered_segmenters()]
-    if unknown:
-        raise ValueError(f"Unknown segmenters {unknown}; registered: {registered_segmenters()}")
     train_batch_size = train_batch_size or cfg.SOLVER.IMS_PER_BATCH
     train_size = train_size or (cfg.INPUT.CROP.SIZE[0] if cfg.INPUT.CROP.ENABLED else size)
     train_iters = train_iters or iters
     train_warmup = warmup if train_warmup is None else train_warmup
 
-    targets = [BenchmarkTarget(s, "segmenter", _segmenter_builder(s)) for s in segmenters]
+    targets, seen = [], set()
+    for i, c in enumerate([cfg] + list(segmenter_cfgs or [])):
+        name = c.MODEL.META_ARCHITECTURE
+        if name in seen:
+            name = f"{name} (#{i})"
+        seen.add(name)
+        targets.append(segmenter_target(c, name))
     targets += list(BENCHMARK_TARGETS.values())
     inference = []
     for target in targets:

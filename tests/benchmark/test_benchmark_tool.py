@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from clipdistill.benchmark import INFERENCE_FIELDS, TRAINING_FIELDS, registered_segmenters
+from clipdistill.benchmark import INFERENCE_FIELDS, TRAINING_FIELDS
 from common import REPO, TINY_OPTS
 
 
@@ -38,6 +38,8 @@ def test_benchmark_command_writes_complete_json(tmp_path):
         "64",
         "--output",
         str(out),
+        "--segmenter-config",
+        os.path.join(REPO, "configs", "maskclip", "sclip_toyclip_voc20toy.yaml"),
     ] + TINY_OPTS
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -51,8 +53,10 @@ def test_benchmark_command_writes_complete_json(tmp_path):
     assert meta["command"].startswith("python tools/benchmark.py")
 
     names = [r["name"] for r in res["inference"]]
-    assert "SegStudent" in registered_segmenters()
-    for expected in registered_segmenters() + [
+    # each segmenter from its own config: the main config's and the extra one
+    for expected in [
+        "SegStudent",
+        "MaskCLIP",
         "CLIP teacher global (encode_image)",
         "CLIP teacher dense (encode_image_dense)",
     ]:
@@ -72,7 +76,11 @@ def test_benchmark_command_writes_complete_json(tmp_path):
     student = res["inference"][names.index("SegStudent")]
     assert student["input"] == "2x3x64x64"
     # the student's count leaves the teacher out; the teacher rows count the image tower
-    assert student["params_m"] < 0.2
+    assert student["params_m"] < 0.2 < student["params_total_m"]
+    maskclip = res["inference"][names.index("MaskCLIP")]
+    teacher_dense = res["inference"][names.index("CLIP teacher dense (encode_image_dense)")]
+    # MaskCLIP runs the CLIP image tower per image (its text tower's output is cached)
+    assert maskclip["params_m"] == teacher_dense["params_m"] < maskclip["params_total_m"]
 
     assert [r["name"] for r in res["training"]] == ["ce_only", "distill_online", "distill_cached"]
     for row in res["training"]:

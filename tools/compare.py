@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Compare segmenters in one run: mIoU per evaluated dataset, parameters, GMACs, latency,
+images/s and peak memory, as a Markdown table, JSON, CSV and a plot (accuracy vs images/s).
+
+    python tools/compare.py --output-dir out/compare --size 512 \\
+        --entry "student=configs/voc.yaml MODEL.WEIGHTS output/voc/model_final.pth" \\
+        --entry configs/maskclip/sclip_vitb16.yaml \\
+        --entry configs/maskclip/clearclip_vitb16.yaml
+
+Each --entry is "[LABEL=]CONFIG_FILE [KEY VALUE ...]": the segmenter is built from its own config
+and overrides; trailing KEY VALUE pairs (or --opts ...) apply to every entry first. Accuracy is read
+from each config's OUTPUT_DIR/inference/results.json (written by tools/train_net.py --eval-only);
+--evaluate missing (default) evaluates the entries that have none, --evaluate always re-evaluates,
+--evaluate never only reads. Writes comparison.{md,json,csv,png} in --output-dir.
+"""
+
+import argparse
+import logging
+import sys
+
+import torch
+
+from detectron2.utils.logger import setup_logger
+
+from clipdistill.benchmark.compare import (
+    EVALUATE_CHOICES,
+    format_markdown,
+    parse_entry,
+    run_comparison,
+    write_comparison,
+)
+from clipdistill.deploy.cli import USER_ERRORS, fail, split_config_overrides
+
+PROG = "compare.py"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    lines = __doc__.splitlines()
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=lines[0],
+        epilog="\n".join(lines[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--entry",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help='a segmenter: "[LABEL=]CONFIG_FILE [KEY VALUE ...]" (repeat for each)',
+    )
+    p.add_argument("--output-dir", required=True, metavar="DIR")
+    p.add_argument("--evaluate", choices=EVALUATE_CHOICES, default="missing")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: each MODEL.DEVICE)")
+    p.add_argument("--size", type=int, default=512, help="square test image side")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--iters", type=int, default=10, help="timed iterations (median reported)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--skip-flops", action="store_true")
+    p.add_argument(
+        "--no-test-resize",
+        action="store_true",
+        help="time every segmenter on --size images as they are (default: after each config's "
+        "own test-time resize, as its evaluation sees them)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args_part, common = split_config_overrides(argv)
+    parser = build_parser()
+    args = parser.parse_args(args_part)
+    common = list(args.opts) + list(common)
+    if len(common) % 2:
+        parser.error(f"config overrides must be KEY VALUE pairs, got {common}")
+    setup_logger(name="clipdistill")
+    setup_logger(name="detectron2")
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        entries = [parse_entry(spec) for spec in args.entry]
+        result = run_comparison(
+            entries,
+            common,
+            evaluate_mode=args.evaluate,
+            device=args.device,
+            size=args.size,
+            batch_size=args.batch_size,
+            iters=args.iters,
+            warmup=args.warmup,
+            flops=not args.skip_flops,
+            test_resize=not args.no_test_resize,
+        )
+    except USER_ERRORS as e:
+        return fail(PROG, e)
+    result["meta"]["command"] = " ".join(["python", "tools/compare.py"] + argv)
+    paths = write_comparison(result, args.output_dir)
+    print(format_markdown(result))
+    print("written: " + ", ".join(paths[k] for k in ("md", "json", "csv", "png")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
