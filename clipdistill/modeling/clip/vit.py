@@ -31,7 +31,6 @@ from torch import nn
 __all__ = [
     "POS_EMBED_RESAMPLING",
     "check_plain_vit",
-    "patch_grid",
     "resample_pos_embed",
     "vit_tokens",
     "run_blocks",
@@ -63,12 +62,6 @@ def check_plain_vit(visual: nn.Module, what: str = "Dense features") -> VisionTr
             f"{what} are not implemented for towers with an attentional pooler (CoCa)."
         )
     return visual
-
-
-def patch_grid(visual: VisionTransformer, height: int, width: int) -> Tuple[int, int]:
-    """The patch grid ``(h, w)`` of a ``height x width`` input (the patch conv floors)."""
-    ph, pw = visual.patch_size if isinstance(visual.patch_size, tuple) else (visual.patch_size,) * 2
-    return height // ph, width // pw
 
 
 def resample_pos_embed(
