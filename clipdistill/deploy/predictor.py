@@ -82,7 +82,8 @@ class SegResult:
 
     Attributes:
         label: int32 ``[H, W]``, indices into ``class_names``, at the image's original size.
-        scores: float32 ``[K, H, W]`` per-class probabilities (softmax over the vocabulary), or
+        scores: float32 ``[K, H, W]`` per-class probabilities (the segmenter's
+            ``scores_to_probs``: a softmax of a student's logits), or
             None when not requested.
         class_names: the vocabulary (``K`` names).
     """
@@ -188,7 +189,9 @@ class SegPredictor:
         for out in outputs:
             logits = out["sem_seg"]
             label = logits.argmax(dim=0).to(torch.int32).cpu().numpy()
-            probs = logits.float().softmax(dim=0).cpu().numpy() if scores else None
+            probs = None
+            if scores:
+                probs = self.model.scores_to_probs(logits.float()[None])[0].cpu().numpy()
             results.append(SegResult(label, probs, list(self.class_names)))
         return results
 

@@ -255,3 +255,26 @@ def test_predictor_feeds_bgr_models_bgr(tiny_checkpoint):
     rgb = SegPredictor(tiny_cfg("MODEL.WEIGHTS", tiny_checkpoint))
     bgr = SegPredictor(tiny_cfg("MODEL.WEIGHTS", tiny_checkpoint, "INPUT.FORMAT", "BGR"))
     assert torch.equal(bgr._to_input(image)["image"], rgb._to_input(image)["image"].flip(0))
+
+
+def test_predictor_and_demo_with_a_training_free_segmenter(tmp_path, images):
+    """The predictor and the demo talk to any segmenter through the interface: MaskCLIP (SCLIP's
+    method) with free class names, no checkpoint (training-free)."""
+    cfg_file = os.path.join(REPO, "configs", "maskclip", "sclip_toyclip_voc20toy.yaml")
+    from clipdistill.engine.setup import get_clipdistill_cfg
+
+    cfg = get_clipdistill_cfg(cfg_file)
+    predictor = SegPredictor(cfg, class_names=NAMES)
+    assert type(predictor.model).__name__ == "MaskCLIP"
+    image = np.asarray(Image.open(images["b"]))
+    res = predictor(image, scores=True)
+    assert res.label.shape == image.shape[:2] and res.class_names == NAMES
+    assert res.scores.shape == (len(NAMES), *image.shape[:2])
+    np.testing.assert_array_equal(res.label, res.scores.argmax(0))
+    # MaskCLIP's sem_seg are probabilities already: the scores are not softmaxed again
+    np.testing.assert_allclose(res.scores.sum(0), 1.0, rtol=1e-5)
+    assert res.scores.max() > 0.9 or res.scores.min() < 1e-3
+    out = tmp_path / "out"
+    argv = ["--config-file", cfg_file, "--input", images["a"], "--output", str(out)]
+    assert demo.main(argv + ["--no-progress", "--class-names", *NAMES]) == 0
+    assert (out / "a_label.png").exists()
