@@ -9,12 +9,15 @@ detectron2 meaning.
 
 from detectron2.config import CfgNode as CN
 
+from .modeling.san.config import add_san_config
+
 __all__ = [
     "add_clipdistill_config",
     "add_engine_config",
     "add_clip_teacher_config",
     "add_segstudent_config",
     "add_maskclip_config",
+    "add_san_config",
 ]
 
 
@@ -24,11 +27,24 @@ def add_clipdistill_config(cfg: CN) -> None:
     add_clip_teacher_config(cfg)
     add_segstudent_config(cfg)
     add_maskclip_config(cfg)
+    add_san_config(cfg)
 
 
 def add_engine_config(cfg: CN) -> None:
     """Keys of the Trainer shared by every architecture (clipdistill/engine)."""
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+    # Weight decay of the parameters a model lists in `no_weight_decay_names` (SAN: position
+    # embeddings and queries).
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # LR_SCHEDULER_NAME "WarmupPolyLR" (DeepLab's poly schedule, as SAN trains):
+    # lr = base_lr * (1 - iter / MAX_ITER) ** POLY_LR_POWER, never below
+    # base_lr * POLY_LR_CONSTANT_ENDING (0: no floor).
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+    # Photometric distortion of SSD (brightness, contrast, saturation, hue; detectron2's
+    # ColorAugSSDTransform) on training images, after the crop (SAN's and Mask2Former's recipe;
+    # clipdistill/data/dataset_mappers).
+    cfg.INPUT.COLOR_AUG_SSD = False
 
 
 def add_clip_teacher_config(cfg: CN) -> None:
@@ -109,7 +125,8 @@ def add_segstudent_config(cfg: CN) -> None:
     # Gather embeddings from all processes so InfoNCE sees the global batch as negatives.
     cfg.MODEL.CLIPDISTILL.LOSS.GATHER = True
 
-    # lr factor of the (pretrained) backbone parameters (SegStudent.lr_factor)
+    # lr factor of the (pretrained) backbone parameters (SegStudent.lr_factor; SAN.lr_factor
+    # applies it to its side adapter, as the published SAN does)
     cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
 
     # ---- another clipdistill segmenter as teacher (modeling/teacher/segmenter_teacher.py) ----

@@ -17,6 +17,7 @@ from detectron2.data import (
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import SemSegEvaluator
+from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -127,11 +128,33 @@ class Trainer(DefaultTrainer):
         return results
 
     @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        """detectron2's schedules, plus DeepLab's ``WarmupPolyLR``."""
+        if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR":
+            return WarmupPolyLR(
+                optimizer,
+                cfg.SOLVER.MAX_ITER,
+                warmup_factor=cfg.SOLVER.WARMUP_FACTOR,
+                warmup_iters=cfg.SOLVER.WARMUP_ITERS,
+                warmup_method=cfg.SOLVER.WARMUP_METHOD,
+                power=cfg.SOLVER.POLY_LR_POWER,
+                constant_ending=cfg.SOLVER.POLY_LR_CONSTANT_ENDING,
+            )
+        return super().build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
     def build_optimizer(cls, cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         """Each parameter's lr factor comes from the model (``OpenVocabSegmenter.lr_factor``);
-        norms/biases get detectron2's defaults; frozen parameters (a teacher, a frozen
-        CLIP) are never included. The groups are logged."""
+        the parameters named in the model's ``no_weight_decay_names`` get
+        ``SOLVER.WEIGHT_DECAY_EMBED``; norms/biases get detectron2's defaults; frozen parameters
+        (a teacher, a frozen CLIP) are never included. The groups are logged.
+        ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model"`` clips the norm of all gradients together
+        (Mask2Former/SAN); other types are detectron2's per-parameter clipping."""
         lr_factor = model.lr_factor
+        overrides = {
+            name: {"weight_decay": cfg.SOLVER.WEIGHT_DECAY_EMBED}
+            for name in model.no_weight_decay_names
+        }
         params = get_default_optimizer_params(
             model,
             base_lr=cfg.SOLVER.BASE_LR,
@@ -139,22 +162,25 @@ class Trainer(DefaultTrainer):
             weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+            overrides=overrides or None,
             lr_factor_func=lr_factor,
         )
         cls._log_param_table(model, lr_factor, cfg)
         name = cfg.SOLVER.OPTIMIZER.upper()
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        full_model = clip.ENABLED and clip.CLIP_TYPE == "full_model"
         if name == "SGD":
-            opt = torch.optim.SGD(
-                params,
-                cfg.SOLVER.BASE_LR,
-                momentum=cfg.SOLVER.MOMENTUM,
-                nesterov=cfg.SOLVER.NESTEROV,
+            opt_cls, kwargs = torch.optim.SGD, dict(
+                momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV
             )
         elif name == "ADAMW":
-            opt = torch.optim.AdamW(params, cfg.SOLVER.BASE_LR)
+            opt_cls, kwargs = torch.optim.AdamW, {}
         else:
             raise ValueError(f"SOLVER.OPTIMIZER={cfg.SOLVER.OPTIMIZER!r}: use 'ADAMW' or 'SGD'")
-        return maybe_add_gradient_clipping(cfg, opt)
+        if full_model:
+            opt_cls = _full_model_clipping(opt_cls, clip.CLIP_VALUE, clip.NORM_TYPE)
+        opt = opt_cls(params, cfg.SOLVER.BASE_LR, **kwargs)
+        return opt if full_model else maybe_add_gradient_clipping(cfg, opt)
 
     @staticmethod
     def _log_param_table(model, lr_factor, cfg) -> None:
@@ -177,3 +203,16 @@ class Trainer(DefaultTrainer):
             f"Optimizer parameter groups:\n{table}\ntrainable params: {total:,}; "
             f"frozen (not optimized, e.g. the CLIP teacher): {frozen:,}"
         )
+
+
+def _full_model_clipping(optimizer_cls, max_norm: float, norm_type: float):
+    """``optimizer_cls`` whose ``step`` first clips the norm of all its gradients together."""
+
+    class FullModelGradientClipping(optimizer_cls):
+        def step(self, closure=None):
+            params = [p for group in self.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+            return super().step(closure=closure)
+
+    FullModelGradientClipping.__name__ = f"FullModelGradientClipping{optimizer_cls.__name__}"
+    return FullModelGradientClipping

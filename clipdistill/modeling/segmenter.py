@@ -9,7 +9,8 @@ through this class, never by probing attributes:
 * cost accounting: ``inference_excluded_modules`` (submodules that are not per-image inference
   cost, e.g. a text tower whose output is cached per vocabulary);
 * deployment: ``exportable`` (whether ``tools/export_model.py`` can trace it);
-* training: ``lr_factor(name)`` (per-parameter lr multiplier), ``find_unused_parameters`` (DDP);
+* training: ``lr_factor(name)`` (per-parameter lr multiplier), ``find_unused_parameters`` (DDP),
+  ``no_weight_decay_names`` (parameters trained with ``SOLVER.WEIGHT_DECAY_EMBED``);
 * checkpoints: ``convert_checkpoint(state_dict)`` (rename an official checkpoint's keys into this
   implementation's; called by the strict ``SegmenterCheckpointer``);
 * distillation: ``dense_class_probs(images, class_names)`` (per-pixel class probabilities, what a
@@ -65,6 +66,9 @@ class OpenVocabSegmenter(nn.Module):
     exportable: bool = False
     #: whether some trainable parameters may get no gradient in a step (DDP needs to know)
     find_unused_parameters: bool = False
+    #: parameter names (the last component, e.g. "pos_embed") trained with
+    #: ``SOLVER.WEIGHT_DECAY_EMBED`` instead of ``SOLVER.WEIGHT_DECAY`` (embeddings, queries)
+    no_weight_decay_names: Tuple[str, ...] = ()
 
     def __init__(self, *, train_vocabulary: Sequence[str] = ()):
         super().__init__()

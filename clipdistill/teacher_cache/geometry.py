@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from detectron2.data import transforms as T
+from detectron2.projects.point_rend import ColorAugSSDTransform
 from fvcore.transforms import transform as FT
 
 __all__ = ["Affine", "transforms_to_affine", "sample_dense", "dense_grid_size"]
@@ -25,7 +26,7 @@ IDENTITY: Affine = (1.0, 0.0, 1.0, 0.0)
 
 def _inverse_of(t) -> Affine:
     """The inverse of one transform as ``(px, qx, py, qy)``: ``x_in = px * x_out + qx``."""
-    if isinstance(t, FT.NoOpTransform):
+    if isinstance(t, (FT.NoOpTransform, ColorAugSSDTransform)):  # ColorAugSSD: photometric only
         return IDENTITY
     if isinstance(t, (T.ResizeTransform, FT.ScaleTransform)):
         return (t.w / t.new_w, 0.0, t.h / t.new_h, 0.0)

@@ -17,6 +17,7 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from detectron2.projects.point_rend import ColorAugSSDTransform
 
 __all__ = ["SemSegDatasetMapper", "build_sem_seg_augmentation", "read_sem_seg_label"]
 
@@ -24,11 +25,14 @@ __all__ = ["SemSegDatasetMapper", "build_sem_seg_augmentation", "read_sem_seg_la
 def build_sem_seg_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
     """detectron2's ``build_augmentation`` (shortest-edge resize; flip in training) with
     ``INPUT.CROP`` applied after the resize in training, as semantic segmentation trains on crops
-    of the resized image. The one definition of the geometry, shared by the mapper and
+    of the resized image, and ``INPUT.COLOR_AUG_SSD`` (photometric distortion) after the crop.
+    The one definition of the geometry, shared by the mapper and
     ``clipdistill.deploy.SegPredictor``."""
     augs = utils.build_augmentation(cfg, is_train)
     if is_train and cfg.INPUT.CROP.ENABLED:
         augs.insert(1, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+    if is_train and cfg.INPUT.COLOR_AUG_SSD:  # after the resize (and the crop)
+        augs.insert(2 if cfg.INPUT.CROP.ENABLED else 1, ColorAugSSDTransform(cfg.INPUT.FORMAT))
     return augs
 
 

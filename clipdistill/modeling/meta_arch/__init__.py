@@ -1,4 +1,5 @@
+from .san import SAN
 from .seg_student import SegStudent
 from .training_free import MaskCLIP
 
-__all__ = ["SegStudent", "MaskCLIP"]
+__all__ = ["SAN", "SegStudent", "MaskCLIP"]
