@@ -35,6 +35,15 @@ class SegmenterCheckpointer(DetectionCheckpointer):
         self._loading_path = path
         return super().load(path, *args, **kwargs)
 
+    def _load_file(self, f: str) -> Dict[str, Any]:
+        try:
+            return super()._load_file(f)
+        except Exception as e:  # truncated or corrupt file, wrong format...
+            raise RuntimeError(
+                f"Cannot read the checkpoint {f} (truncated, corrupt or not a checkpoint?): "
+                f"{type(e).__name__}: {e}"
+            ) from e
+
     def _load_model(self, checkpoint: Dict[str, Any]):
         state = checkpoint["model"]
         prefix = "module."
