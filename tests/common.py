@@ -34,6 +34,21 @@ TINY_OPTS = [
 ]
 
 
+# SAN configs made tiny and offline: the toy CLIP (2 blocks) split after block 1, no weights
+TINY_SAN_OPTS = [
+    "MODEL.SAN.CLIP_MODEL_NAME",
+    "ViT-T-16-toy",
+    "MODEL.SAN.CLIP_PRETRAINED_NAME",
+    "",
+    "MODEL.SAN.FEATURE_LAST_LAYER_IDX",
+    "1",
+    "MODEL.SIDE_ADAPTER.FUSION_MAP",
+    "['0->0', '1->1']",
+    "MODEL.SIDE_ADAPTER.ATTN_BIAS.NUM_HEADS",
+    "2",
+]
+
+
 def tiny_cfg(*opts, config_file=os.path.join(CONFIGS, "voc_toy.yaml")):
     """The toy config made tiny and offline, plus ``opts``."""
     return get_clipdistill_cfg(config_file, TINY_OPTS + list(opts))

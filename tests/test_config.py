@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 
 from clipdistill.config import add_clipdistill_config
 from clipdistill.modeling.segmenter import OpenVocabSegmenter
-from common import CONFIGS, REPO, TINY_OPTS, tiny_cfg
+from common import CONFIGS, REPO, TINY_OPTS, TINY_SAN_OPTS, tiny_cfg
 
 ALL_CONFIGS = sorted(
     p
@@ -25,7 +25,10 @@ ALL_CONFIGS = sorted(
 def test_every_config_loads_and_builds(path):
     # Architecture as configured, but weights made offline (no download in tests): the timm
     # backbone randomly initialised and the teacher replaced by the tiny toy CLIP.
-    cfg = tiny_cfg("MODEL.TIMM.NAME", get_cfg_value(path, "MODEL.TIMM.NAME"), config_file=path)
+    opts = ["MODEL.TIMM.NAME", get_cfg_value(path, "MODEL.TIMM.NAME")]
+    if get_cfg_value(path, "MODEL.META_ARCHITECTURE") == "SAN":
+        opts += TINY_SAN_OPTS
+    cfg = tiny_cfg(*opts, config_file=path)
     model = build_model(cfg)
     assert isinstance(model, OpenVocabSegmenter)
     assert sum(p.numel() for p in model.parameters()) > 0

@@ -160,11 +160,13 @@ class SegPredictor:
         else:
             names = check_class_names(class_names)
         self.model.set_vocabulary(names)  # a closed-set model refuses other names
-        self.class_names = list(names)
+        # the output classes: the names, plus whatever the model adds (SAN's "other" when it
+        # augments the vocabulary)
+        self.class_names = list(self.model.vocabulary_for({}))
         meta_colors = None
         if self.train_metadata is not None and names == self.training_vocabulary:
             meta_colors = self.train_metadata.get("stuff_colors", None)
-        self.colors = class_colors(len(names), meta_colors)
+        self.colors = class_colors(len(self.class_names), meta_colors)
         return self.class_names
 
     # ------------------------------------------------------------------------------ inference

@@ -237,3 +237,15 @@ def test_large_vocabulary_is_embedded_in_chunks(toy):
     with torch.no_grad():
         clf.ln_final.weight.mul_(2.0).add_(0.5)
     assert not torch.allclose(clf.text_embeddings(names), emb)
+
+
+def test_predictor_and_demo_vocabulary_with_augmentation(toy, tmp_path):
+    from clipdistill.deploy.predictor import SegPredictor
+
+    cfg = san_cfg("MODEL.SAN.VOCABULARY_AUGMENTATION", "COCO-all")
+    predictor = SegPredictor(cfg, class_names=["cat", "grass"])
+    image = np.asarray(random_inputs([(70, 90)])[0]["image"].permute(1, 2, 0))
+    result = predictor(image, scores=True)
+    assert result.class_names == ["cat", "grass", OTHER]
+    assert result.label.shape == (70, 90) and 0 <= result.label.min() <= result.label.max() <= 2
+    assert result.scores.shape == (3, 70, 90) and len(predictor.colors) == 3
