@@ -11,11 +11,12 @@ from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 
 from clipdistill.data.datasets.register_voc import register_voc
 from clipdistill.data.toy import generate_toy_voc
 from clipdistill.engine import Trainer
-from clipdistill.engine.checkpoint import CheckpointMismatchError, StudentCheckpointer
+from clipdistill.engine.checkpoint import CheckpointMismatchError, SegmenterCheckpointer
 from clipdistill.engine.setup import get_clipdistill_cfg
 from clipdistill.modeling.san import OTHER, augment_vocabulary
 from common import CONFIGS, random_inputs
@@ -98,7 +99,7 @@ def test_full_size_b16_has_the_published_parameters(san_b16):
 def test_published_keys_load_strictly_and_wrong_checkpoints_are_named(san_b16, tmp_path):
     keys = read_keys("san_vit_b16_keys.txt")
     good = fake_checkpoint(tmp_path / "san_vit_b_16.pth", keys)
-    StudentCheckpointer(san_b16).load(good)
+    SegmenterCheckpointer(san_b16).load(good)
     state = san_b16.state_dict()
     assert all((state[k] == i).all() for i, k in enumerate(keys)), "a tensor was not loaded"
     # the ViT-L/14 checkpoint into the B/16 model: the error names keys and shapes
@@ -108,7 +109,7 @@ def test_published_keys_load_strictly_and_wrong_checkpoints_are_named(san_b16, t
     with pytest.raises(
         CheckpointMismatchError, match=r"san_vit_large_14\.pth.*unexpected keys"
     ) as e:
-        StudentCheckpointer(san_b16).load(large)
+        SegmenterCheckpointer(san_b16).load(large)
     assert "clip_rec_head.resblocks.3." in str(e.value)
     assert "clip_rec_head.ln_post.bias: checkpoint (1024,) vs model (768,)" in str(e.value)
     # another architecture (a SegStudent-like state dict)
@@ -118,12 +119,12 @@ def test_published_keys_load_strictly_and_wrong_checkpoints_are_named(san_b16, t
         match=r"missing keys \[clip_rec_head.*\(\+434 more\)\]; "
         r"unexpected keys \[backbone.stem.weight\]",
     ):
-        StudentCheckpointer(san_b16).load(other)
+        SegmenterCheckpointer(san_b16).load(other)
     # a truncated file: the error names the file
     trunc = tmp_path / "truncated.pth"
     trunc.write_bytes(open(good, "rb").read()[:4096])
     with pytest.raises(RuntimeError, match="truncated.pth"):
-        StudentCheckpointer(san_b16).load(str(trunc))
+        SegmenterCheckpointer(san_b16).load(str(trunc))
 
 
 # ------------------------------------------------------------------------------------ tiny model
@@ -225,15 +226,17 @@ def test_large_vocabulary_is_embedded_in_chunks(toy):
     clf = model.ov_classifier
     names = [f"class number {i}" for i in range(150)]
     calls = []
-    encode = clf._encode_tokens
-    clf._encode_tokens = lambda tokens: calls.append(len(tokens)) or encode(tokens)
-    clf.text_batch_size = 64
+    encode = clf.encode_text
+    clf.encode_text = lambda tokens, normalize=False: calls.append(len(tokens)) or encode(
+        tokens, normalize
+    )
+    clf.text_encoder.batch_size = 64
     emb = clf.text_embeddings(names)
     assert emb.shape == (150, clf.embed_dim) and max(calls) <= 64 and sum(calls) == 150
-    clf._cache.clear()
-    clf.text_batch_size = 1000
+    clf.text_encoder.clear()
+    clf.text_encoder.batch_size = 1000
     torch.testing.assert_close(clf.text_embeddings(names), emb, rtol=1e-5, atol=1e-6)
-    # a new weight invalidates the cached embeddings
+    # a new text weight (e.g. a loaded checkpoint) invalidates the cached embeddings
     with torch.no_grad():
         clf.ln_final.weight.mul_(2.0).add_(0.5)
     assert not torch.allclose(clf.text_embeddings(names), emb)
@@ -249,3 +252,31 @@ def test_predictor_and_demo_vocabulary_with_augmentation(toy, tmp_path):
     assert result.class_names == ["cat", "grass", OTHER]
     assert result.label.shape == (70, 90) and 0 <= result.label.min() <= result.label.max() <= 2
     assert result.scores.shape == (3, 70, 90) and len(predictor.colors) == 3
+
+
+def test_san_teaches_a_student(toy, tmp_path):
+    """SAN's class probabilities equal its own forward's, normalised (the interface's default
+    path), and a student distils them through MODEL.CLIPDISTILL.SEGMENTER_TEACHER."""
+    from clipdistill.modeling.segmenter import OpenVocabSegmenter
+    from common import tiny_cfg
+
+    san = build_model(san_cfg()).eval()
+    images = torch.stack([x["image"] for x in random_inputs([(64, 80), (64, 80)])])
+    names = ["cat", "dog", "grass"]
+    probs = san.dense_class_probs(images, names)
+    assert probs.shape == (2, 3, 64, 80)
+    torch.testing.assert_close(
+        probs, OpenVocabSegmenter.dense_class_probs(san, images, names), rtol=1e-4, atol=1e-6
+    )
+    SegmenterCheckpointer(san, save_dir=str(tmp_path)).save("san_tiny")
+    opts = [
+        "MODEL.CLIPDISTILL.LOSS.SEG_KD_WEIGHT", "1.0",
+        "MODEL.CLIPDISTILL.SEGMENTER_TEACHER.CONFIG_FILE", os.path.join(SAN_DIR, "san_toy.yaml"),
+        "MODEL.CLIPDISTILL.SEGMENTER_TEACHER.WEIGHTS", str(tmp_path / "san_tiny.pth"),
+        "MODEL.CLIPDISTILL.SEGMENTER_TEACHER.OPTS", f"['MODEL.SIDE_ADAPTER.IMAGE_SIZE', '{SIZE}']",
+    ]  # fmt: skip
+    student = build_model(tiny_cfg(*opts)).train()  # the tiny offline student
+    assert isinstance(student.seg_teacher.segmenter, type(san))
+    with EventStorage():
+        losses = student(random_inputs([(64, 64), (64, 64)]))
+    assert torch.isfinite(losses["loss_seg_kd"]) and losses["loss_seg_kd"] > 0

@@ -16,7 +16,13 @@ from safetensors.torch import save_file
 
 from ...utils.io import atomic_write
 
-__all__ = ["PROMPT_TEMPLATES", "TextEncoder", "check_class_names", "template_strings"]
+__all__ = [
+    "PROMPT_TEMPLATES",
+    "VILD_TEMPLATES",
+    "TextEncoder",
+    "check_class_names",
+    "template_strings",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +33,30 @@ def _single_template(name: str) -> str:
     return f"a photo of a {name}."
 
 
+#: The 14 prompt templates of ViLD (Gu et al., 2022), used by SAN and OVSeg.
+VILD_TEMPLATES: Tuple[str, ...] = (
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)
+
 #: Prompt template sets by name; a template is a callable or a ``str.format`` string with ``{}``.
 PROMPT_TEMPLATES: Dict[str, Tuple[Template, ...]] = {
     "openai": tuple(OPENAI_IMAGENET_TEMPLATES),  # the 80 prompts of the CLIP paper
     "simple": tuple(SIMPLE_IMAGENET_TEMPLATES),  # open_clip's 7-prompt subset
     "single": (_single_template,),
+    "vild": VILD_TEMPLATES,  # ViLD's 14 (SAN, OVSeg)
 }
 
 

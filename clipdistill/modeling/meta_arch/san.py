@@ -13,33 +13,46 @@ State-dict names and shapes are those of the published checkpoints (``san_vit_b_
 """
 
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
+import open_clip
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from detectron2.utils.memory import retry_if_cuda_oom
 
+from ..clip.loader import load_open_clip
+from ..clip.text import PROMPT_TEMPLATES
 from ..criterion import HungarianMatcher, SetCriterion, masks_from_sem_seg
-from ..san.classifier import TEMPLATE_SETS, LearnableBgOvClassifier
-from ..san.clip_model import load_san_clip
+from ..san.classifier import LearnableBgOvClassifier
 from ..san.recognition import CLIPFeatureExtractor, RecognitionHead
 from ..san.side_adapter import SideAdapterNetwork, parse_fusion_map
 from ..san.vocabulary import OTHER, augment_vocabulary
+from ..segmenter import OpenVocabSegmenter, dataset_vocabulary, train_vocabulary_from_cfg
 
 __all__ = ["SAN"]
 
 logger = logging.getLogger(__name__)
 
 
+_KEY_NAME = "MODEL.SAN.CLIP_MODEL_NAME"
+_KEY_WEIGHTS = "MODEL.SAN.CLIP_PRETRAINED_NAME"
+
+
+def _tag_uses_quick_gelu(model_name: str, tag: str) -> bool:
+    """Whether the open_clip pretrained tag ``tag`` was trained with QuickGELU (the OpenAI
+    weights), from open_clip's registry (offline); False for files and unknown tags."""
+    if not tag:
+        return False
+    return bool(open_clip.get_pretrained_cfg(model_name, tag).get("quick_gelu", False))
+
+
 @META_ARCH_REGISTRY.register()
-class SAN(nn.Module):
+class SAN(OpenVocabSegmenter):
     """Side Adapter Network (see the module docstring).
 
     Input: detectron2's ``list[dict]`` with ``"image"`` (uint8 ``[3, H, W]``, RGB), in training
@@ -96,7 +109,7 @@ class SAN(nn.Module):
                 to vocabularies set by ``set_vocabulary``.
             side_adapter_lr_factor, clip_lr_factor: lr factors of ``lr_factor``.
         """
-        super().__init__()
+        super().__init__(train_vocabulary=train_vocabulary)
         # registration order of the published model (so state dicts list keys the same way)
         self.asymetric_input = asymetric_input
         self.clip_resolution = clip_resolution
@@ -109,14 +122,12 @@ class SAN(nn.Module):
         self.ov_classifier = ov_classifier
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.train_vocabulary = list(train_vocabulary)
         if self.train_vocabulary and len(self.train_vocabulary) != criterion.num_classes:
             raise ValueError(
                 f"MODEL.SAN.NUM_CLASSES={criterion.num_classes} but the training dataset has "
                 f"{len(self.train_vocabulary)} classes: set MODEL.SAN.NUM_CLASSES "
                 f"{len(self.train_vocabulary)}"
             )
-        self.vocabulary: Optional[List[str]] = None
         self.ignore_value = ignore_value
         self.train_pad_size = train_pad_size
         augment_vocabulary(["x"], vocabulary_augmentation)  # validates the option now
@@ -126,17 +137,40 @@ class SAN(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        san, sa = cfg.MODEL.SAN, cfg.MODEL.SIDE_ADAPTER
-        clip_model, tokenizer = load_san_clip(
-            san.CLIP_MODEL_NAME, san.CLIP_PRETRAINED_NAME, from_checkpoint=bool(cfg.MODEL.WEIGHTS)
-        )
-        if san.CLIP_TEMPLATE_SET not in TEMPLATE_SETS:
+        san = cfg.MODEL.SAN
+        sa = cfg.MODEL.SIDE_ADAPTER
+        ab = cfg.MODEL.SIDE_ADAPTER.ATTN_BIAS
+        name = san.CLIP_MODEL_NAME.replace("/", "-")  # the published configs say "ViT-B/16"
+        tag = san.CLIP_PRETRAINED_NAME
+        weights_file = cfg.MODEL.WEIGHTS
+        if weights_file:
+            # a SAN checkpoint holds the CLIP weights: build the architecture only (no download),
+            # with the activation the tag implies (QuickGELU for the OpenAI weights)
+            clip_model, identity = load_open_clip(
+                name,
+                "",
+                name_key=_KEY_NAME,
+                weights_key=_KEY_WEIGHTS,
+                force_quick_gelu=(
+                    _tag_uses_quick_gelu(name, tag) if name in open_clip.list_models() else False
+                ),
+            )
+        else:
+            clip_model, identity = load_open_clip(
+                name, tag, name_key=_KEY_NAME, weights_key=_KEY_WEIGHTS
+            )
+        if san.CLIP_TEMPLATE_SET not in PROMPT_TEMPLATES:
             raise ValueError(
                 f"MODEL.SAN.CLIP_TEMPLATE_SET={san.CLIP_TEMPLATE_SET!r}: use one of "
-                f"{sorted(TEMPLATE_SETS)}"
+                f"{sorted(PROMPT_TEMPLATES)}"
             )
         ov_classifier = LearnableBgOvClassifier(
-            clip_model, tokenizer, TEMPLATE_SETS[san.CLIP_TEMPLATE_SET]()
+            clip_model,
+            open_clip.get_tokenizer(name),
+            model_name=name,
+            templates=san.CLIP_TEMPLATE_SET,
+            identity=identity,
+            weights_file=weights_file,
         )
         visual = clip_model.visual
         extractor = CLIPFeatureExtractor(
@@ -157,7 +191,6 @@ class SAN(nn.Module):
                 f"MODEL.SIDE_ADAPTER.FUSION_MAP reads CLIP layers {too_deep} but the feature "
                 f"extractor stops at MODEL.SAN.FEATURE_LAST_LAYER_IDX={san.FEATURE_LAST_LAYER_IDX}"
             )
-        ab = sa.ATTN_BIAS
         side_adapter = SideAdapterNetwork(
             vit_name=sa.VIT_NAME,
             image_size=sa.IMAGE_SIZE,
@@ -199,9 +232,7 @@ class SAN(nn.Module):
             oversample_ratio=san.OVERSAMPLE_RATIO,
             importance_sample_ratio=san.IMPORTANCE_SAMPLE_RATIO,
         )
-        train_vocab = []
-        if cfg.DATASETS.TRAIN:
-            train_vocab = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("stuff_classes", [])
+        train_vocab = train_vocabulary_from_cfg(cfg)
         mean = getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
         std = getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
         return {
@@ -224,10 +255,6 @@ class SAN(nn.Module):
             "clip_lr_factor": cfg.SOLVER.CLIP_MULTIPLIER,
         }
 
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
     # ------------------------------------------------------------------------------ optimizer
     def lr_factor(self, param_name: str) -> float:
         """lr multiplier: SOLVER.BACKBONE_MULTIPLIER for the side adapter, SOLVER.CLIP_MULTIPLIER
@@ -241,38 +268,29 @@ class SAN(nn.Module):
         return factor
 
     # ------------------------------------------------------------------------------ vocabulary
-    def set_vocabulary(self, class_names: Optional[Sequence[str]]) -> None:
-        """Use ``class_names`` at inference for inputs without a ``"dataset_name"`` (None: the
-        training vocabulary). With ``MODEL.SAN.VOCABULARY_AUGMENTATION`` the outputs gain a last
-        class ``"other"`` (see ``vocabulary_for``)."""
-        if class_names is not None:
-            class_names = list(class_names)
-            self.ov_classifier.text_embeddings(self._recognised_names(class_names))
-        self.vocabulary = class_names
+    def prepare_vocabulary(self, class_names: List[str]) -> None:
+        """Embed the vocabulary (with its augmentation, ``MODEL.SAN.VOCABULARY_AUGMENTATION``)."""
+        self.ov_classifier.text_embeddings(self._recognised_names(class_names))
 
     def vocabulary_for(self, input_dict: dict) -> List[str]:
         """The class names of the output channels for ``input_dict``: its dataset's
         ``stuff_classes``, else the set vocabulary (+ ``"other"`` when augmented), else the
         training vocabulary."""
-        name = input_dict.get("dataset_name")
-        if name is not None:
-            return list(MetadataCatalog.get(name).stuff_classes)
-        if self.vocabulary is not None:
+        names = super().vocabulary_for(input_dict)
+        if input_dict.get("dataset_name") is None and self.vocabulary is not None:
             extra = self._recognised_names(self.vocabulary)[len(self.vocabulary) :]
-            return list(self.vocabulary) + ([OTHER] if extra else [])
-        if not self.train_vocabulary:
-            raise ValueError(
-                "SAN has no vocabulary: give inputs a 'dataset_name', call set_vocabulary(names), "
-                "or set DATASETS.TRAIN to a registered dataset"
-            )
-        return list(self.train_vocabulary)
+            names = names + ([OTHER] if extra else [])
+        return names
 
     def _recognised_names(self, names: Sequence[str]) -> List[str]:
         return augment_vocabulary(list(names), self.vocabulary_augmentation)
 
     def _classifier_names(self, input_dict: dict) -> Tuple[List[str], int]:
         """Names the recognition scores and how many of them are output channels."""
-        if input_dict.get("dataset_name") is None and self.vocabulary is not None:
+        if input_dict.get("dataset_name") is not None:
+            names = dataset_vocabulary(input_dict["dataset_name"])
+            return names, len(names)
+        if self.vocabulary is not None:
             return self._recognised_names(self.vocabulary), len(self.vocabulary)
         names = self.vocabulary_for(input_dict)
         return names, len(names)
@@ -392,9 +410,13 @@ class SAN(nn.Module):
             )[..., :h, :w]
             probs = F.softmax(logits[-1].float(), dim=-1)[..., :-1]
             scores = torch.einsum("bqc,bqhw->bchw", probs, masks.float().sigmoid())
-            return scores / scores.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            return self.scores_to_probs(scores)
         finally:
             self.train(was_training)
+
+    def scores_to_probs(self, sem_seg: torch.Tensor) -> torch.Tensor:
+        """SAN's ``sem_seg`` are non-negative scores: normalised to sum 1 over the classes."""
+        return sem_seg / sem_seg.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def _merge_augmented(sem_seg: torch.Tensor, num_out: int) -> torch.Tensor:

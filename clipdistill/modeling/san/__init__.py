@@ -1,6 +1,6 @@
 """SAN (Side Adapter Network): the parts of ``clipdistill.modeling.meta_arch.SAN``."""
 
-from .classifier import TEMPLATE_SETS, VILD_TEMPLATES, LearnableBgOvClassifier
+from .classifier import LearnableBgOvClassifier
 from .config import add_san_config
 from .recognition import CLIPFeatureExtractor, RecognitionHead
 from .side_adapter import ADAPTER_VITS, MLPMaskDecoder, SideAdapterNetwork, parse_fusion_map
@@ -15,8 +15,6 @@ __all__ = [
     "OTHER",
     "RecognitionHead",
     "SideAdapterNetwork",
-    "TEMPLATE_SETS",
-    "VILD_TEMPLATES",
     "augment_vocabulary",
     "parse_fusion_map",
 ]

@@ -1,58 +1,28 @@
 """SAN's open-vocabulary classifier: CLIP's (frozen) text tower and a learnable background.
 
-The classifier of a vocabulary of K names is ``[T_1 .. T_K, bg]``, each row L2-normalised, where
-``T_k`` is the prompt ensemble of name k (every template embedded and normalised, averaged,
-normalised again) and ``bg`` the learned no-object embedding. The module owns the text tower's
+The classifier of a vocabulary of K names is ``exp(logit_scale) * [T_1 .. T_K, bg]``, each row
+L2-normalised, where ``T_k`` is the prompt ensemble of name k (every template embedded and
+normalised, averaged, normalised again; the shared ``TextEncoder``, cached per vocabulary in
+memory and on disk) and ``bg`` the learned no-object embedding. The module owns the text tower's
 parameters under open_clip's names (``token_embedding``, ``positional_embedding``,
 ``transformer``, ``ln_final``, ``text_projection``, ``logit_scale``) plus ``bg_embed`` and the
-causal ``attn_mask`` (a persistent buffer, as in the published checkpoints). Only ``bg_embed``
-is trainable; the module stays in eval mode.
+causal ``attn_mask`` (a persistent buffer, as in the published checkpoints). Only ``bg_embed`` is
+trainable; the module stays in eval mode.
 """
 
 import logging
-from collections import OrderedDict
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, Optional, Sequence
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LearnableBgOvClassifier", "VILD_TEMPLATES", "TEMPLATE_SETS"]
+from ..clip.loader import weights_identity
+from ..clip.text import TextEncoder
+
+__all__ = ["LearnableBgOvClassifier"]
 
 logger = logging.getLogger(__name__)
-
-#: the 14 prompt templates of ViLD (Gu et al., 2022), SAN's default template set
-VILD_TEMPLATES = (
-    "a photo of a {}.",
-    "This is a photo of a {}",
-    "There is a {} in the scene",
-    "There is the {} in the scene",
-    "a photo of a {} in the scene",
-    "a photo of a small {}.",
-    "a photo of a medium {}.",
-    "a photo of a large {}.",
-    "This is a photo of a small {}.",
-    "This is a photo of a medium {}.",
-    "This is a photo of a large {}.",
-    "There is a small {} in the scene.",
-    "There is a medium {} in the scene.",
-    "There is a large {} in the scene.",
-)
-
-
-def _imagenet_templates() -> Tuple[str, ...]:
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
-    return tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
-
-
-#: template-set name -> function returning its templates ("{}" is the class name)
-TEMPLATE_SETS = {
-    "vild": lambda: VILD_TEMPLATES,
-    "imagenet": _imagenet_templates,  # the 80 prompts of the CLIP paper
-    "single": lambda: ("a photo of a {}.",),
-}
 
 _TEXT_PARTS = (
     "token_embedding",
@@ -69,37 +39,44 @@ class LearnableBgOvClassifier(nn.Module):
     Args:
         clip_model: an open_clip ``CLIP`` whose text tower is taken (not copied).
         tokenizer: open_clip tokenizer of that model.
-        templates: prompt templates with one "{}".
-        text_batch_size: prompts per forward pass of the text tower (a vocabulary of any size is
-            embedded in chunks).
-        cache_size: vocabularies whose embeddings are kept in memory.
+        model_name: the open_clip model name (part of the text cache key).
+        templates: a ``PROMPT_TEMPLATES`` name or a sequence of templates.
+        identity: ``weights_identity`` of the text tower's weights; None: no disk cache.
+        weights_file: the text weights will be loaded from this checkpoint after construction
+            (``MODEL.WEIGHTS``): the disk cache, keyed by the file's identity, is used only once
+            the weights have changed from the construction-time ones.
+        text_batch_size: prompts per text-tower call (vocabularies of any size are chunked).
     """
 
     def __init__(
         self,
         clip_model: nn.Module,
         tokenizer: Callable,
-        templates: Sequence[str],
+        *,
+        model_name: str,
+        templates,
+        identity: Optional[str],
+        weights_file: str = "",
         text_batch_size: int = 256,
-        cache_size: int = 8,
     ):
         super().__init__()
         missing = [p for p in _TEXT_PARTS if getattr(clip_model, p, None) is None]
         if missing or getattr(clip_model, "logit_bias", None) is not None:
             raise ValueError(
                 f"SAN's classifier needs an open_clip CLIP with a causal text tower and no logit "
-                f"bias; {type(clip_model).__name__} lacks "
-                f"{missing or 'nothing but has a logit_bias'}"
+                f"bias; {type(clip_model).__name__} lacks {missing or 'nothing'}"
+                + (
+                    " but has a logit_bias"
+                    if getattr(clip_model, "logit_bias", None) is not None
+                    else ""
+                )
             )
         if getattr(clip_model, "text_pool_type", "argmax") != "argmax":
             raise ValueError(
-                f"SAN's classifier pools the end-of-text token (text_pool_type 'argmax'); "
-                f"this CLIP "
-                f"uses {clip_model.text_pool_type!r}"
+                f"SAN's classifier pools the end-of-text token (text_pool_type 'argmax'); this "
+                f"CLIP uses {clip_model.text_pool_type!r}"
             )
-        if not templates or any(t.count("{}") != 1 for t in templates):
-            raise ValueError(f"every prompt template needs exactly one '{{}}': {list(templates)}")
-        # the text tower, under open_clip's names (registration order as in the published model)
+        # the text tower, under open_clip's names
         self.positional_embedding = clip_model.positional_embedding
         self.text_projection = clip_model.text_projection
         self.logit_scale = clip_model.logit_scale
@@ -109,48 +86,36 @@ class LearnableBgOvClassifier(nn.Module):
         self.register_buffer("attn_mask", clip_model.attn_mask.clone(), persistent=True)
         for p in self.parameters():
             p.requires_grad_(False)
-        width = (
-            self.text_projection.shape[-1]
-            if isinstance(self.text_projection, torch.Tensor)
-            else (self.text_projection.out_features)
-        )
+        proj = self.text_projection
+        width = proj.out_features if isinstance(proj, nn.Linear) else proj.shape[-1]
         self.bg_embed = nn.Parameter(torch.empty(1, width))
         nn.init.normal_(self.bg_embed, std=width**-0.5)
-        self.tokenizer = tokenizer
-        self.templates = tuple(templates)
-        self.text_batch_size = text_batch_size
-        self.cache_size = cache_size
-        self._cache: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+        self.text_encoder = TextEncoder(
+            self,
+            tokenizer,
+            model_name=model_name,
+            identity=None if weights_file else identity,
+            templates=templates,
+            batch_size=text_batch_size,
+        )
+        self._weights_file = weights_file
+        self._signature = self._text_signature()
         super().train(False)
 
     def train(self, mode: bool = True):
-        """The text tower has no train-time behaviour to switch: always eval mode."""
+        """The text tower has no train-time behaviour: always eval mode."""
         return super().train(False)
 
     @property
     def embed_dim(self) -> int:
         return self.bg_embed.shape[-1]
 
-    # ------------------------------------------------------------------------------ text
-    def _signature(self) -> tuple:
-        return tuple((id(t), t._version, t.device, t.dtype) for t in self._text_tensors())
+    def _text_signature(self) -> tuple:
+        tensors = [t for n, t in self.named_parameters() if n != "bg_embed"] + [self.attn_mask]
+        return tuple((id(t), t._version, t.device, t.dtype) for t in tensors)
 
-    def _text_tensors(self):
-        for name, t in self.named_parameters():
-            if name != "bg_embed":
-                yield t
-        yield self.attn_mask
-
-    @torch.no_grad()
-    def encode_prompts(self, prompts: List[str]) -> torch.Tensor:
-        """L2-normalised embeddings ``[P, D]`` of ``prompts``, ``text_batch_size`` at a time."""
-        out = []
-        for i in range(0, len(prompts), self.text_batch_size):
-            tokens = self.tokenizer(prompts[i : i + self.text_batch_size]).to(self.bg_embed.device)
-            out.append(self._encode_tokens(tokens))
-        return torch.cat(out)
-
-    def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """open_clip's text embedding of ``tokens`` ``[N, 77]`` (end-of-text token pooled)."""
         dtype = self.transformer.get_cast_dtype()
         x = self.token_embedding(tokens).to(dtype) + self.positional_embedding.to(dtype)
         x = self.transformer(x, attn_mask=self.attn_mask)
@@ -158,26 +123,20 @@ class LearnableBgOvClassifier(nn.Module):
         x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
         proj = self.text_projection
         x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
-        return F.normalize(x.float(), dim=-1)
+        return F.normalize(x, dim=-1) if normalize else x
 
     @torch.no_grad()
     def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
-        """Prompt-ensembled embeddings ``[K, D]`` (float32), cached per vocabulary until a
-        text-tower weight changes (e.g. a checkpoint is loaded)."""
-        names = tuple(class_names)
-        key = (names, self._signature())
-        emb = self._cache.get(key)
-        if emb is not None:
-            self._cache.move_to_end(key)
-            return emb
-        with torch.inference_mode(False):
-            prompts = [t.format(n) for t in self.templates for n in names]
-            feats = self.encode_prompts(prompts).view(len(self.templates), len(names), -1)
-            emb = F.normalize(feats.mean(dim=0), dim=-1)
-        self._cache[key] = emb
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return emb
+        """Prompt-ensembled embeddings ``[K, D]`` (float32), cached per vocabulary; the
+        in-memory cache is dropped whenever a text-tower weight changes (a checkpoint loaded)."""
+        signature = self._text_signature()
+        if signature != self._signature:
+            self._signature = signature
+            self.text_encoder.clear()
+            if self._weights_file:  # the checkpoint's text weights are in: use the disk cache
+                self.text_encoder.identity = weights_identity(self._weights_file)
+                self._weights_file = ""
+        return self.text_encoder(class_names)
 
     def forward(self, class_names: Sequence[str]) -> torch.Tensor:
         """The classifier ``[K+1, D]``: the names' embeddings and the background, normalised and
@@ -185,8 +144,3 @@ class LearnableBgOvClassifier(nn.Module):
         text = self.text_embeddings(class_names).to(self.bg_embed.dtype)
         weight = F.normalize(torch.cat([text, self.bg_embed], dim=0), dim=-1)
         return self.logit_scale.exp() * weight
-
-
-def build_tokenizer(model_name: str) -> Callable:
-    """open_clip's tokenizer of ``model_name`` (no network for the OpenAI/CLIP BPE)."""
-    return open_clip.get_tokenizer(model_name)

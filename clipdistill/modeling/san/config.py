@@ -34,9 +34,9 @@ def add_san_config(cfg: CN) -> None:
     # is set (a SAN checkpoint holds the CLIP weights); the tag still selects the activation
     # (the OpenAI weights use QuickGELU; with a local OpenAI file use the "-quickgelu" model name).
     cfg.MODEL.SAN.CLIP_PRETRAINED_NAME = "openai"
-    cfg.MODEL.SAN.CLIP_TEMPLATE_SET = (
-        "vild"  # prompt templates: "vild" (14), "imagenet" (80), "single"
-    )
+    # Prompt templates (clipdistill.modeling.clip.PROMPT_TEMPLATES): "vild" (14, published),
+    # "openai" (the 80 of CLIP; the published code's "imagenet"), "simple" (7), "single".
+    cfg.MODEL.SAN.CLIP_TEMPLATE_SET = "vild"
     # CLIP blocks [0, IDX) form the feature extractor; blocks [IDX, end) the recognition head.
     cfg.MODEL.SAN.FEATURE_LAST_LAYER_IDX = 9
     # Parameter-name parts of the extractor / recognition head that stay trainable ("all": all).
@@ -54,7 +54,7 @@ def add_san_config(cfg: CN) -> None:
     cfg.MODEL.SAN.ASYMETRIC_INPUT = True
     cfg.MODEL.SAN.CLIP_RESOLUTION = 0.5
     # Resize the mask logits to the output size before combining them with the class scores
-    # (published); False combines at the padded input size and resizes the class scores.
+    # (published); False combines them at the padded input size and resizes the result.
     cfg.MODEL.SAN.SEM_SEG_POSTPROCESS_BEFORE_INFERENCE = True
     # Training images are padded (bottom/right, pixel value 128 before normalisation, labels
     # ignored) to at least this square size, as the published data pipeline pads its 640 crops;

@@ -50,6 +50,8 @@ def build_segmenter_teacher(cfg) -> SegmenterTeacher:
             f"{_KEY}.CONFIG_FILE to its config (e.g. configs/maskclip/...yaml) and {_KEY}.WEIGHTS"
         )
     opts = list(t.OPTS) + ["MODEL.DEVICE", cfg.MODEL.DEVICE]
+    if t.WEIGHTS:  # what the teacher is built for: e.g. SAN then skips downloading its CLIP
+        opts += ["MODEL.WEIGHTS", t.WEIGHTS]
     if len(opts) % 2:
         raise ValueError(f"{_KEY}.OPTS must be KEY VALUE pairs, got {list(t.OPTS)}")
     tcfg = get_clipdistill_cfg(t.CONFIG_FILE, opts)
