@@ -18,6 +18,7 @@ from typing import Dict, List, Sequence, Tuple
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -151,9 +152,7 @@ class SAN(OpenVocabSegmenter):
                 "",
                 name_key=_KEY_NAME,
                 weights_key=_KEY_WEIGHTS,
-                force_quick_gelu=(
-                    _tag_uses_quick_gelu(name, tag) if name in open_clip.list_models() else False
-                ),
+                force_quick_gelu=_tag_uses_quick_gelu(name, tag),
             )
         else:
             clip_model, identity = load_open_clip(
@@ -233,8 +232,9 @@ class SAN(OpenVocabSegmenter):
             importance_sample_ratio=san.IMPORTANCE_SAMPLE_RATIO,
         )
         train_vocab = train_vocabulary_from_cfg(cfg)
-        mean = getattr(visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
-        std = getattr(visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
+        # CLIP's own normalisation (open_clip records it on the tower; OpenAI's by default)
+        mean = getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
+        std = getattr(visual, "image_std", None) or OPENAI_DATASET_STD
         return {
             "clip_visual_extractor": extractor,
             "clip_rec_head": rec_head,
