@@ -127,8 +127,9 @@ class LearnableBgOvClassifier(nn.Module):
 
     @torch.no_grad()
     def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
-        """Prompt-ensembled embeddings ``[K, D]`` (float32), cached per vocabulary; the
-        in-memory cache is dropped whenever a text-tower weight changes (a checkpoint loaded)."""
+        """Prompt-ensembled embeddings ``[K, D]`` (float32, also under autocast), cached per
+        vocabulary; the in-memory cache is dropped whenever a text-tower weight changes (a
+        checkpoint loaded)."""
         signature = self._text_signature()
         if signature != self._signature:
             self._signature = signature
@@ -136,7 +137,9 @@ class LearnableBgOvClassifier(nn.Module):
             if self._weights_file:  # the checkpoint's text weights are in: use the disk cache
                 self.text_encoder.identity = weights_identity(self._weights_file)
                 self._weights_file = ""
-        return self.text_encoder(class_names)
+        # float32 even inside an AMP step: the embeddings are cached and reused at evaluation
+        with torch.autocast(device_type=self.bg_embed.device.type, enabled=False):
+            return self.text_encoder(class_names)
 
     def forward(self, class_names: Sequence[str]) -> torch.Tensor:
         """The classifier ``[K+1, D]``: the names' embeddings and the background, normalised and
