@@ -11,6 +11,7 @@ from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from clipdistill.data.datasets.register_voc import register_voc
@@ -129,8 +130,9 @@ def test_published_keys_load_strictly_and_wrong_checkpoints_are_named(san_b16, t
 
 # ------------------------------------------------------------------------------------ tiny model
 def test_tiny_san_trains_on_the_toy_set_and_evaluates_through_trainer_test(toy, tmp_path):
+    seed_all_rng(0)  # the side adapter's init, the sampler, the augmentations, the points
     cfg = san_cfg(
-        "SOLVER.MAX_ITER", "40", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.002",
+        "SOLVER.MAX_ITER", "60", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.002",
         "SOLVER.CHECKPOINT_PERIOD", "1000", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(tmp_path),
     )  # fmt: skip
     trainer = Trainer(cfg)
@@ -138,7 +140,7 @@ def test_tiny_san_trains_on_the_toy_set_and_evaluates_through_trainer_test(toy, 
     trainer.train()
     rows = [json.loads(x) for x in (tmp_path / "metrics.json").read_text().splitlines()]
     losses = [r["total_loss"] for r in rows if "total_loss" in r]
-    assert len(losses) == 2 and losses[1] < 0.8 * losses[0], losses
+    assert len(losses) == 3 and losses[2] < 0.8 * losses[0], losses  # medians of 20 iterations
     assert {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0"} <= set(rows[-2])
 
     # eval-only through Trainer.test; mIoU recomputed from the model's own outputs
