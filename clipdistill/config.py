@@ -9,6 +9,7 @@ detectron2 meaning.
 
 from detectron2.config import CfgNode as CN
 
+from .modeling.car.config import add_car_config
 from .modeling.san.config import add_san_config
 
 __all__ = [
@@ -28,6 +29,7 @@ def add_clipdistill_config(cfg: CN) -> None:
     add_segstudent_config(cfg)
     add_maskclip_config(cfg)
     add_san_config(cfg)
+    add_car_config(cfg)
 
 
 def add_engine_config(cfg: CN) -> None:

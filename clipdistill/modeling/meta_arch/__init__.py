@@ -1,5 +1,6 @@
+from .car import CaR
 from .san import SAN
 from .seg_student import SegStudent
 from .training_free import MaskCLIP
 
-__all__ = ["SAN", "SegStudent", "MaskCLIP"]
+__all__ = ["SAN", "SegStudent", "MaskCLIP", "CaR"]
