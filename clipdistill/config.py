@@ -47,6 +47,11 @@ def add_engine_config(cfg: CN) -> None:
     # ColorAugSSDTransform) on training images, after the crop (SAN's and Mask2Former's recipe;
     # clipdistill/data/dataset_mappers).
     cfg.INPUT.COLOR_AUG_SSD = False
+    # ---- evaluation (clipdistill/engine/prediction_cache.py) ----
+    cfg.TEST.PREDICTION_CACHE = CN()
+    # Keep each image's arg-max prediction in OUTPUT_DIR/inference/prediction_cache/ and reuse
+    # it on a re-run with the same MODEL/INPUT config: an interrupted long evaluation resumes.
+    cfg.TEST.PREDICTION_CACHE.ENABLED = False
 
 
 def add_clip_teacher_config(cfg: CN) -> None:

@@ -25,6 +25,7 @@ from detectron2.utils.logger import setup_logger
 from ..data import SemSegDatasetMapper
 from ..modeling.segmenter import OpenVocabSegmenter
 from .checkpoint import SegmenterCheckpointer
+from .prediction_cache import maybe_wrap_prediction_cache
 from .results import summarize_results, write_results
 
 __all__ = ["Trainer", "create_ddp_model"]
@@ -118,7 +119,9 @@ class Trainer(DefaultTrainer):
         """detectron2's test loop over ``DATASETS.TEST`` (each dataset scored with its own
         vocabulary), then one table dataset x mIoU/fwIoU/mACC/pACC, printed and written to
         ``OUTPUT_DIR/inference/results.{json,csv}``."""
-        results = super().test(cfg, model, evaluators)
+        # TEST.PREDICTION_CACHE: per-image predictions on disk, so an interrupted evaluation
+        # resumes where it stopped
+        results = super().test(cfg, maybe_wrap_prediction_cache(cfg, model), evaluators)
         if comm.is_main_process() and results:
             per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
             table = write_results(

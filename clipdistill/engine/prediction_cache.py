@@ -1,0 +1,115 @@
+"""Resumable evaluation: per-image predictions kept on disk (``TEST.PREDICTION_CACHE``).
+
+A slow segmenter (CaR: minutes per image on a CPU) evaluated on thousands of images must survive
+an interruption. ``PredictionCache`` wraps any segmenter for detectron2's
+``inference_on_dataset``: for every input with a ``dataset_name`` and a ``file_name`` it writes
+the arg-max label map (PNG, 8 or 16 bit) under
+``<directory>/<fingerprint>/<dataset>-<vocabulary hash>/`` and, on a re-run, reads it back
+instead of running the model. The fingerprint covers the model and input configuration (and
+the checkpoint file's size and time), so a changed config never reads stale predictions.
+
+A cached prediction is returned as a one-hot ``[K, H, W]`` float32 map: the evaluator (which
+only takes the arg-max) scores it exactly like the original prediction.
+"""
+
+import hashlib
+import logging
+import os
+from typing import List, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from detectron2.data import MetadataCatalog
+
+from ..data.prepare.common import atomic_save
+
+__all__ = ["PredictionCache", "config_fingerprint", "maybe_wrap_prediction_cache"]
+
+logger = logging.getLogger(__name__)
+
+
+def _sha(text: str, n: int = 16) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
+
+
+def config_fingerprint(cfg) -> str:
+    """A short hash of what decides a prediction: ``MODEL``, ``INPUT`` and the checkpoint file."""
+    parts = [cfg.MODEL.dump(), cfg.INPUT.dump()]
+    weights = cfg.MODEL.WEIGHTS
+    if weights and os.path.isfile(weights):
+        st = os.stat(weights)
+        parts.append(f"{os.path.abspath(weights)}:{st.st_size}:{st.st_mtime_ns}")
+    return _sha("\n".join(parts))
+
+
+class PredictionCache(nn.Module):
+    """Wrap ``model``: inputs whose label map is on disk are not recomputed.
+
+    Args:
+        model: a segmenter (detectron2 inputs -> ``[{"sem_seg": [K, H, W]}]``).
+        directory: root of the cache, e.g. ``OUTPUT_DIR/inference/prediction_cache``.
+        fingerprint: ``config_fingerprint(cfg)``.
+    """
+
+    def __init__(self, model: nn.Module, directory: str, fingerprint: str):
+        super().__init__()
+        self.model = model
+        self.root = os.path.join(directory, fingerprint)
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, x: dict) -> Optional[str]:
+        dataset, file_name = x.get("dataset_name"), x.get("file_name")
+        if dataset is None or file_name is None:
+            return None
+        classes = list(MetadataCatalog.get(dataset).stuff_classes)
+        folder = f"{dataset}-{_sha(repr(classes), 8)}"
+        stem = os.path.splitext(os.path.basename(file_name))[0]
+        return os.path.join(self.root, folder, f"{stem}-{_sha(os.path.abspath(file_name), 8)}.png")
+
+    @staticmethod
+    def _one_hot(label: np.ndarray, num_classes: int) -> torch.Tensor:
+        lab = torch.from_numpy(label.astype(np.int64))
+        out = torch.zeros((num_classes,) + tuple(lab.shape), dtype=torch.float32)
+        out.scatter_(0, lab[None], 1.0)
+        return out
+
+    def forward(self, batched_inputs: List[dict]) -> List[dict]:
+        results: List[Optional[dict]] = [None] * len(batched_inputs)
+        todo = []
+        for i, x in enumerate(batched_inputs):
+            path = self._path(x)
+            if path is not None and os.path.isfile(path):
+                k = len(MetadataCatalog.get(x["dataset_name"]).stuff_classes)
+                label = np.array(Image.open(path))
+                results[i] = {"sem_seg": self._one_hot(label, k)}
+                self.hits += 1
+            else:
+                todo.append(i)
+        if todo:
+            outputs = self.model([batched_inputs[i] for i in todo])
+            for i, out in zip(todo, outputs):
+                results[i] = out
+                self.misses += 1
+                path = self._path(batched_inputs[i])
+                if path is None:
+                    continue
+                sem_seg = out["sem_seg"]
+                label = sem_seg.argmax(dim=0).cpu().numpy()
+                dtype = np.uint8 if sem_seg.shape[0] <= 256 else np.uint16
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                atomic_save(path, label.astype(dtype))
+        return results
+
+
+def maybe_wrap_prediction_cache(cfg, model: nn.Module) -> nn.Module:
+    """``PredictionCache`` around ``model`` when ``TEST.PREDICTION_CACHE.ENABLED``."""
+    if not cfg.TEST.PREDICTION_CACHE.ENABLED:
+        return model
+    directory = os.path.join(cfg.OUTPUT_DIR, "inference", "prediction_cache")
+    wrapped = PredictionCache(model, directory, config_fingerprint(cfg))
+    logger.info(f"Per-image predictions are cached in {wrapped.root} (TEST.PREDICTION_CACHE)")
+    return wrapped
