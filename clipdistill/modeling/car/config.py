@@ -6,26 +6,7 @@ configs are in ``configs/car/*.yaml``. docs/CAR.md explains every key.
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_car_config", "CAR_CLASSIFIER_TEMPLATES", "CAR_BACKGROUND_QUERIES"]
-
-#: the classifier's 15 templates of the official configs ("a clean origami {}." + ViLD's 14)
-CAR_CLASSIFIER_TEMPLATES = (
-    "a clean origami {}.",
-    "a photo of a {}.",
-    "This is a photo of a {}",
-    "There is a {} in the scene",
-    "There is the {} in the scene",
-    "a photo of a {} in the scene",
-    "a photo of a small {}.",
-    "a photo of a medium {}.",
-    "a photo of a large {}.",
-    "This is a photo of a small {}.",
-    "This is a photo of a medium {}.",
-    "This is a photo of a large {}.",
-    "There is a small {} in the scene.",
-    "There is a medium {} in the scene.",
-    "There is a large {} in the scene.",
-)
+__all__ = ["add_car_config", "CAR_BACKGROUND_QUERIES"]
 
 #: the background queries of the official configs
 CAR_BACKGROUND_QUERIES = (
@@ -58,7 +39,8 @@ def add_car_config(cfg: CN) -> None:
     cfg.MODEL.CAR.ATTENTION_LAYERS = 8
 
     # ---- texts ----
-    # Classifier templates: a template set of PROMPT_TEMPLATES ("car": the official 15).
+    # Classifier templates: a set of PROMPT_TEMPLATES (modeling/clip/text.py); "car": the
+    # official 15 ("a clean origami {}." + ViLD's 14).
     cfg.MODEL.CAR.CLASSIFIER_TEMPLATES = "car"
     # Template of the background queries and (from step 2 on) of the Grad-CAM texts.
     cfg.MODEL.CAR.CAM_TEMPLATE = "a clean origami {}."

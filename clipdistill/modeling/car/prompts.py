@@ -39,7 +39,9 @@ def check_visual_prompts(names: Sequence[str], key: str) -> tuple:
         names = [names]
     unknown = [n for n in names if n not in VISUAL_PROMPTS]
     if unknown:
-        raise ValueError(f"{key}: unknown visual prompt(s) {unknown}; choose from {VISUAL_PROMPTS}.")
+        raise ValueError(
+            f"{key}: unknown visual prompt(s) {unknown}; choose from {VISUAL_PROMPTS}."
+        )
     if not names:
         raise ValueError(f"{key} is empty; give at least one of {VISUAL_PROMPTS}.")
     return tuple(n for n in VISUAL_PROMPTS if n in names)
@@ -63,7 +65,7 @@ def apply_visual_prompts(
 
     Args:
         image: ``[H, W, 3]`` uint8 RGB.
-        mask: ``[H, W]`` bool or 0/1; must not be empty when a shape prompt is asked for.
+        mask: ``[H, W]`` bool or 0/1 (empty: no circle or rectangle is drawn).
         prompts: names from ``VISUAL_PROMPTS`` (applied in that order).
         gray_code: the OpenCV conversion used by ``gray`` (``cv2.COLOR_RGB2GRAY`` for true luma).
 
@@ -81,7 +83,9 @@ def apply_visual_prompts(
     if "black" in prompts:
         out = np.where(keep, out, 0).astype(np.uint8)
     out = np.ascontiguousarray(out)
-    if "circle" in prompts or "rectangle" in prompts:
+    # an empty mask has no centre: the shapes are skipped (the official code stops with an error
+    # when a proposal sums to more than 1 but no pixel passes MASK_THRESHOLD)
+    if ("circle" in prompts or "rectangle" in prompts) and inside.any():
         cx, cy, width, height = _center_and_size(inside)
         if "circle" in prompts:
             cv2.ellipse(out, (cx, cy), (width // 2, height // 2), 0, 0, 360, _RED, _THICKNESS)

@@ -23,9 +23,8 @@ painted in ascending score order (the best score wins), stuff first and things o
 """
 
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -36,6 +35,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from ..clip.text import TextEncoder
 from .cam import grad_cam, refine_cams, sinkhorn_transition
 from .clip_ops import (
     check_car_vit,
@@ -48,7 +48,7 @@ from .clip_ops import (
 from .crf import crf_image, dense_crf_masks
 from .prompts import apply_visual_prompts
 
-__all__ = ["CaRSegmenter", "CaRPassResult", "TextBank", "paint_labels"]
+__all__ = ["CaRSegmenter", "CaRPassResult", "CLIPHandle", "paint_labels", "warn_truncated"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,51 +56,31 @@ logger = logging.getLogger(__name__)
 _CLASSIFIER_BATCH = 16
 
 
-class TextBank:
-    """Normalised text embeddings of prompt strings for one CLIP, kept in memory.
+@dataclass
+class CLIPHandle:
+    """A CLIP model with what its text encoders need: tokenizer, open_clip name, weights
+    identity (``load_open_clip``'s; keys the on-disk text cache)."""
 
-    CaR embeds the same strings on every image of a vocabulary (bare names, ``CAM_TEMPLATE``
-    strings, background queries, the classifier's templates), so they are computed once.
-    A string longer than the tokenizer's context is truncated by it, with a warning naming it.
-    """
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    identity: str = ""
 
-    def __init__(self, model: nn.Module, tokenizer, max_items: int = 200_000, batch: int = 256):
-        self.model, self.tokenizer = model, tokenizer
-        self.max_items, self.batch = max_items, batch
-        self._cache: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-        self._warned = set()
 
-    def _warn_if_truncated(self, strings: Sequence[str]) -> None:
-        encode = getattr(self.tokenizer, "encode", None)
-        context = getattr(self.tokenizer, "context_length", 77)
-        if encode is None:
-            return
-        for s in strings:
-            if s not in self._warned and len(encode(s)) + 2 > context:
-                self._warned.add(s)
-                logger.warning(
-                    f"CaR: the text {s!r} has more than {context - 2} tokens and is truncated "
-                    f"by the CLIP tokenizer (the official code would stop with an error); "
-                    "shorten the class name."
-                )
-
-    def __call__(self, strings: Sequence[str]) -> torch.Tensor:
-        strings = list(strings)
-        missing = list(OrderedDict.fromkeys(s for s in strings if s not in self._cache))
-        if missing:
-            self._warn_if_truncated(missing)
-            device = next(self.model.parameters()).device
-            for i in range(0, len(missing), self.batch):
-                part = missing[i : i + self.batch]
-                feats = self.model.encode_text(self.tokenizer(part).to(device)).float()
-                feats = feats / feats.norm(dim=-1, keepdim=True)
-                for s, f in zip(part, feats):
-                    self._cache[s] = f
-            while len(self._cache) > self.max_items:
-                self._cache.popitem(last=False)
-        for s in strings:
-            self._cache.move_to_end(s)
-        return torch.stack([self._cache[s] for s in strings])
+def warn_truncated(tokenizer, strings: Sequence[str], warned: set) -> None:
+    """Warn (once per string) about texts longer than the tokenizer's context: it truncates them
+    silently (the official code, with OpenAI's tokenizer, stops with an error)."""
+    encode = getattr(tokenizer, "encode", None)
+    context = getattr(tokenizer, "context_length", 77)
+    if encode is None:
+        return
+    for s in strings:
+        if s not in warned and len(encode(s)) + 2 > context:
+            warned.add(s)
+            logger.warning(
+                f"CaR: the text {s!r} has more than {context - 2} tokens and is truncated by the "
+                "CLIP tokenizer; shorten the class name (MODEL.CAR.CLASS_NAME_MAP can rename it)."
+            )
 
 
 @dataclass
@@ -156,10 +136,8 @@ class CaRSegmenter(nn.Module):
     def __init__(
         self,
         *,
-        proposal_clip: nn.Module,
-        classifier_clip: nn.Module,
-        proposal_tokenizer,
-        classifier_tokenizer,
+        proposal: CLIPHandle,
+        classifier: CLIPHandle,
         classifier_templates: Sequence[str],
         cam_template: str = "a clean origami {}.",
         mask_threshold: float = 0.5,
@@ -177,8 +155,7 @@ class CaRSegmenter(nn.Module):
     ):
         """
         Args:
-            proposal_clip, classifier_clip: open_clip CLIP models with ViT towers.
-            proposal_tokenizer, classifier_tokenizer: their open_clip tokenizers.
+            proposal, classifier: the two open_clip CLIPs (ViT towers) and their tokenizers.
             classifier_templates: the classifier's prompt templates (``{}`` = the name).
             cam_template: template of the background queries and, from step 2 on, of the CAM
                 texts.
@@ -200,12 +177,28 @@ class CaRSegmenter(nn.Module):
             round_pos_embed_fp16: round resampled positional embeddings through float16 (official).
         """
         super().__init__()
-        for key, model in (("proposal", proposal_clip), ("classifier", classifier_clip)):
-            check_car_vit(model.visual, f"MODEL.CAR.{key.upper()}_CLIP.NAME")
-        self.proposal_clip = proposal_clip
-        self.classifier_clip = classifier_clip
-        self.proposal_text = TextBank(proposal_clip, proposal_tokenizer)
-        self.classifier_text = TextBank(classifier_clip, classifier_tokenizer)
+        for key, handle in (("proposal", proposal), ("classifier", classifier)):
+            check_car_vit(handle.model.visual, f"MODEL.CAR.{key.upper()}_CLIP.NAME")
+        self.proposal_clip = proposal.model
+        self.classifier_clip = classifier.model
+        proposal_clip, classifier_clip = proposal.model, classifier.model
+
+        def encoder(handle, template):
+            return TextEncoder(
+                handle.model,
+                handle.tokenizer,
+                model_name=handle.name,
+                identity=handle.identity,
+                templates=(template,),
+            )
+
+        # text embeddings, one encoder per template (each caches per vocabulary); a step's
+        # alive texts are rows of the whole vocabulary's embeddings
+        self._name_text = encoder(proposal, "{}")
+        self._cam_text = encoder(proposal, cam_template)
+        self._classifier_text = [encoder(classifier, t) for t in classifier_templates]
+        self._tokenizers = (proposal.tokenizer, classifier.tokenizer)
+        self._warned: set = set()
         self.classifier_templates = tuple(classifier_templates)
         self.cam_template = cam_template
         self.mask_threshold = float(mask_threshold)
@@ -275,13 +268,15 @@ class CaRSegmenter(nn.Module):
             )
         return self._classifier_transform(Image.fromarray(image))
 
-    def classify(self, images: Sequence[np.ndarray], names: Sequence[str]) -> torch.Tensor:
-        """``[N, N]`` scores of prompted images (rows) against ``names`` (columns): per
-        template a softmax over the names, summed over templates, soft-maxed again."""
+    def classify(self, images: Sequence[np.ndarray], text: torch.Tensor) -> torch.Tensor:
+        """``[N, N]`` scores of prompted images (rows) against texts (columns): per template a
+        softmax over the texts (``text``: ``[templates, N, C]`` normalised embeddings), summed
+        over templates, soft-maxed again."""
         visual = self.classifier_clip.visual
         feats = []
         for i in range(0, len(images), _CLASSIFIER_BATCH):
-            x = torch.stack([self._classifier_preprocess(im) for im in images[i : i + _CLASSIFIER_BATCH]])
+            batch = images[i : i + _CLASSIFIER_BATCH]
+            x = torch.stack([self._classifier_preprocess(im) for im in batch])
             tokens = vit_tokens_bilinear(visual, x.to(self.device), self.round_pos_embed_fp16)
             blocks = visual.transformer.resblocks
             n = len(blocks) if self.classifier_all_blocks else official_num_blocks(
@@ -292,21 +287,18 @@ class CaRSegmenter(nn.Module):
         f = torch.cat(feats).float()
         f = f / f.norm(dim=1, keepdim=True)
         scale = self.classifier_clip.logit_scale.exp()
-        per_template = []
-        for template in self.classifier_templates:
-            text = self.classifier_text([template.format(n) for n in names])
-            per_template.append(torch.softmax((scale * f @ text.t()).float(), dim=-1))
+        per_template = [torch.softmax((scale * f @ t.t()).float(), dim=-1) for t in text]
         return torch.softmax(torch.stack(per_template).sum(dim=0), dim=-1)
 
     # ------------------------------------------------------------------ proposals
     def proposals(
-        self, encoded: _EncodedImage, cam_texts: Sequence[str], bg_texts: Sequence[str], hw
+        self, encoded: _EncodedImage, fg: torch.Tensor, bg: Optional[torch.Tensor], hw
     ) -> np.ndarray:
-        """Refined CAMs ``[N, H, W]`` of ``cam_texts`` against them plus ``bg_texts``."""
-        fg = self.proposal_text(cam_texts)
-        text = torch.cat([fg, self.proposal_text(bg_texts)]) if bg_texts else fg
+        """Refined CAMs ``[N, H, W]`` of the texts ``fg`` ``[N, C]`` against them plus ``bg``."""
+        bg_texts = bg is not None and len(bg) > 0
+        text = torch.cat([fg, bg]) if bg_texts else fg
         visual, scale = self.proposal_clip.visual, self.proposal_clip.logit_scale
-        n = len(cam_texts)
+        n = len(fg)
         cams = grad_cam(
             visual, encoded.tokens, encoded.grid, text, range(n), scale, self.cam_batch_size
         )
@@ -356,13 +348,23 @@ class CaRSegmenter(nn.Module):
             return CaRPassResult(empty, np.zeros(0, np.float32), empty)
         if encoded is None:
             encoded = self.encode_image(Image.fromarray(image))
-        bg_texts = [self.cam_template.format(b) for b in bg_queries]
+        warn_truncated(self._tokenizers[0], list(queries) + list(bg_queries), self._warned)
+        warn_truncated(
+            self._tokenizers[1],
+            [t.format(q) for q in queries for t in self.classifier_templates],
+            self._warned,
+        )
+        bare = self._name_text(queries)  # [K, C]: the CAM texts of step 1
+        templated = self._cam_text(queries) if self.templated_cam_text else bare
+        bg = self._cam_text(bg_queries) if bg_queries else None
+        cls_text = torch.stack([enc(queries) for enc in self._classifier_text])  # [T, K, C]
         alive = list(range(k))
-        cam_texts = list(queries)
+        cam = bare
         last_positive, previous = 0, None
         steps = []
         while True:
-            props = self.proposals(encoded, cam_texts, bg_texts, (H, W))
+            idx = torch.as_tensor(alive, device=cam.device)
+            props = self.proposals(encoded, cam[idx], bg, (H, W))
             prompted = [
                 image
                 if float(p.sum()) <= 1
@@ -371,7 +373,7 @@ class CaRSegmenter(nn.Module):
                 )
                 for p in props
             ]
-            scores = torch.diagonal(self.classify(prompted, [queries[i] for i in alive]))
+            scores = torch.diagonal(self.classify(prompted, cls_text[:, idx]))
             scores = scores.cpu().numpy().astype(np.float32)
             kept = [i for i, s in enumerate(scores) if s > self.confidence_threshold]
             if not kept:  # nothing survives: keep the best (official behaviour)
@@ -383,10 +385,7 @@ class CaRSegmenter(nn.Module):
                 props = previous  # all-zero proposals: keep the previous step's
             previous = props
             alive = [alive[i] for i in kept]
-            cam_texts = [
-                self.cam_template.format(queries[i]) if self.templated_cam_text else queries[i]
-                for i in alive
-            ]
+            cam = templated  # from step 2 on (official): the CAM_TEMPLATE texts
             positive = int((step_scores > 0).sum())
             if positive == last_positive:
                 break

@@ -57,6 +57,8 @@ PROMPT_TEMPLATES: Dict[str, Tuple[Template, ...]] = {
     "simple": tuple(SIMPLE_IMAGENET_TEMPLATES),  # open_clip's 7-prompt subset
     "single": (_single_template,),
     "vild": VILD_TEMPLATES,  # ViLD's 14 (SAN, OVSeg)
+    # CLIP-as-RNN's mask classifier: "a clean origami {}." and ViLD's 14
+    "car": ("a clean origami {}.",) + VILD_TEMPLATES,
 }
 
 

@@ -15,24 +15,21 @@ import cv2
 import numpy as np
 import open_clip
 import torch
-from torch import nn
+from PIL import Image
 
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
-from ..car.config import CAR_CLASSIFIER_TEMPLATES
 from ..car.prompts import check_visual_prompts
-from ..car.recurrence import CaRSegmenter, paint_labels
-from ..teacher.clip_teacher import check_class_names
+from ..car.recurrence import CaRSegmenter, CLIPHandle, paint_labels
+from ..clip.loader import load_open_clip
+from ..clip.text import PROMPT_TEMPLATES, template_strings
+from ..segmenter import OpenVocabSegmenter, train_vocabulary_from_cfg
 
-__all__ = ["CaR", "CAR_TEMPLATE_SETS", "parse_class_name_map"]
+__all__ = ["CaR", "parse_class_name_map"]
 
 logger = logging.getLogger(__name__)
-
-#: classifier template sets selectable with MODEL.CAR.CLASSIFIER_TEMPLATES
-CAR_TEMPLATE_SETS = {"car": CAR_CLASSIFIER_TEMPLATES}
 
 _GRAY = {"bgr2gray": cv2.COLOR_BGR2GRAY, "rgb2gray": cv2.COLOR_RGB2GRAY}
 _CRF_IMAGE = ("official", "rgb")
@@ -51,31 +48,23 @@ def parse_class_name_map(entries: Sequence[str]) -> Dict[str, str]:
     return out
 
 
-def _build_clip(name: str, weights: str, quick_gelu: bool, key: str) -> nn.Module:
-    """An open_clip model (weights: tag, local file, or "" for a seeded random init)."""
-    if name not in open_clip.list_models():
-        raise ValueError(f"{key}.NAME={name!r} is not an open_clip model name.")
-    pretrained = weights or None
-    try:
-        if pretrained is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
-        return open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu)
-    except Exception as e:
-        raise RuntimeError(
-            f"Could not load {key}.NAME={name!r} with {key}.WEIGHTS={weights!r}: "
-            f"{type(e).__name__}: {e}"
-        ) from e
-
-
 @META_ARCH_REGISTRY.register()
-class CaR(nn.Module):
+class CaR(OpenVocabSegmenter):
     """CLIP-as-RNN: Grad-CAM proposals, visual prompts, a CLIP classifier and a recurrence that
     prunes the vocabulary until it stops changing (``clipdistill/modeling/car``)."""
 
     #: nothing to export: data-dependent loop, NumPy/OpenCV/DenseCRF steps
     exportable = False
+    #: the text towers only embed the vocabulary (cached per vocabulary); both image towers run
+    #: on every image
+    inference_excluded_modules = (
+        "segmenter.proposal_clip.transformer",
+        "segmenter.proposal_clip.token_embedding",
+        "segmenter.proposal_clip.ln_final",
+        "segmenter.classifier_clip.transformer",
+        "segmenter.classifier_clip.token_embedding",
+        "segmenter.classifier_clip.ln_final",
+    )
 
     @configurable
     def __init__(
@@ -105,10 +94,8 @@ class CaR(nn.Module):
             bg_factor, stuff_bg_factor: CRF background exponents of the two passes.
             paint_threshold: a mask pixel above it is painted.
         """
-        super().__init__()
+        super().__init__(train_vocabulary=train_vocabulary)
         self.segmenter = segmenter
-        self.train_vocabulary = list(train_vocabulary)
-        self.vocabulary: Optional[List[str]] = None
         self.background_classes = set(background_classes)
         self.stuff_classes = set(stuff_classes)
         self.class_name_map = dict(class_name_map or {})
@@ -125,10 +112,11 @@ class CaR(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         c = cfg.MODEL.CAR
-        if c.CLASSIFIER_TEMPLATES not in CAR_TEMPLATE_SETS:
+        templates = PROMPT_TEMPLATES.get(c.CLASSIFIER_TEMPLATES)
+        if templates is None:
             raise ValueError(
                 f"MODEL.CAR.CLASSIFIER_TEMPLATES={c.CLASSIFIER_TEMPLATES!r}: choose one of "
-                f"{sorted(CAR_TEMPLATE_SETS)}."
+                f"{sorted(PROMPT_TEMPLATES)}."
             )
         if c.GRAY_CONVERSION not in _GRAY:
             raise ValueError(
@@ -149,20 +137,22 @@ class CaR(nn.Module):
                 "bi_rgb_std": c.CRF.BI_RGB_STD,
                 "bi_w": c.CRF.BI_W,
             }
-        models = {}
+        handles = {}
         for role in ("PROPOSAL", "CLASSIFIER"):
             sub = c.get(f"{role}_CLIP")
             key = f"MODEL.CAR.{role}_CLIP"
-            models[role] = (
-                _build_clip(sub.NAME, sub.WEIGHTS, c.FORCE_QUICK_GELU, key),
-                open_clip.get_tokenizer(sub.NAME),
+            model, identity = load_open_clip(
+                sub.NAME,
+                sub.WEIGHTS,
+                name_key=f"{key}.NAME",
+                weights_key=f"{key}.WEIGHTS",
+                force_quick_gelu=True if c.FORCE_QUICK_GELU else None,
             )
+            handles[role] = CLIPHandle(model, open_clip.get_tokenizer(sub.NAME), sub.NAME, identity)
         segmenter = CaRSegmenter(
-            proposal_clip=models["PROPOSAL"][0],
-            classifier_clip=models["CLASSIFIER"][0],
-            proposal_tokenizer=models["PROPOSAL"][1],
-            classifier_tokenizer=models["CLASSIFIER"][1],
-            classifier_templates=CAR_TEMPLATE_SETS[c.CLASSIFIER_TEMPLATES],
+            proposal=handles["PROPOSAL"],
+            classifier=handles["CLASSIFIER"],
+            classifier_templates=template_strings(templates),
             cam_template=c.CAM_TEMPLATE,
             mask_threshold=c.MASK_THRESHOLD,
             confidence_threshold=c.CONFIDENCE_THRESHOLD,
@@ -177,12 +167,9 @@ class CaR(nn.Module):
             gray_code=_GRAY[c.GRAY_CONVERSION],
             round_pos_embed_fp16=c.ROUND_POS_EMBED_FP16,
         )
-        train_vocab = []
-        if cfg.DATASETS.TRAIN:
-            train_vocab = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("stuff_classes", [])
         return {
             "segmenter": segmenter,
-            "train_vocabulary": train_vocab,
+            "train_vocabulary": train_vocabulary_from_cfg(cfg),
             "background_classes": c.BACKGROUND_CLASSES,
             "stuff_classes": c.STUFF_CLASSES,
             "class_name_map": parse_class_name_map(c.CLASS_NAME_MAP),
@@ -197,23 +184,6 @@ class CaR(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.segmenter.device
-
-    # ---------------------------------------------------------------- vocabulary
-    def set_vocabulary(self, class_names: Optional[Sequence[str]]) -> None:
-        """Use ``class_names`` for inputs without a ``"dataset_name"``; None: the default."""
-        self.vocabulary = None if class_names is None else check_class_names(class_names)
-
-    def vocabulary_for(self, input_dict: dict) -> List[str]:
-        name = input_dict.get("dataset_name")
-        if name is not None:
-            return list(MetadataCatalog.get(name).stuff_classes)
-        vocab = self.vocabulary if self.vocabulary is not None else self.train_vocabulary
-        if not vocab:
-            raise ValueError(
-                "CaR has no vocabulary: give inputs a 'dataset_name', call "
-                "set_vocabulary(names), or set DATASETS.TRAIN to a registered dataset"
-            )
-        return list(vocab)
 
     # ---------------------------------------------------------------- inference
     def forward(self, batched_inputs: List[dict]) -> List[dict]:
@@ -255,7 +225,7 @@ class CaR(nn.Module):
             if n in self.stuff_classes and n not in self.background_classes
         ]  # fmt: skip
         seg = self.segmenter
-        encoded = seg.encode_image(_to_pil(image)) if (things or stuff) else None
+        encoded = seg.encode_image(Image.fromarray(image)) if (things or stuff) else None
         label = np.zeros((H, W), np.int64)
         fill = np.zeros((len(vocabulary), H, W), np.float32)
         passes = []
@@ -307,8 +277,9 @@ class CaR(nn.Module):
         assert out.shape[0] == k
         return {"sem_seg": out.to(self.device)}
 
-
-def _to_pil(image: np.ndarray):
-    from PIL import Image
-
-    return Image.fromarray(image)
+    def scores_to_probs(self, sem_seg: torch.Tensor) -> torch.Tensor:
+        """CaR's ``sem_seg`` are non-negative scores (1 for the painted class, half the refined
+        CAM elsewhere): normalise their sum over K (uniform where all are 0)."""
+        total = sem_seg.sum(dim=1, keepdim=True)
+        uniform = torch.full_like(sem_seg, 1.0 / sem_seg.shape[1])
+        return torch.where(total > 0, sem_seg / total.clamp_min(1e-12), uniform)
