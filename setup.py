@@ -31,7 +31,10 @@ setup(
         "matplotlib",  # tools/compare.py's plot
     ],
     extras_require={
-        "dev": ["pytest", "black", "flake8", "isort"],
+        # pydensecrf2: CaR's DenseCRF (MODEL.CAR.CRF.ENABLED); no wheel for recent Pythons on
+        # PyPI, it builds from its sdist (needs a C++ compiler, about a minute)
+        "dev": ["pytest", "black", "flake8", "isort", "pydensecrf2>=1.1"],
+        "car": ["pydensecrf2>=1.1"],
         # tools/export_model.py (ONNX, onnxruntime; onnxscript for --onnx-exporter dynamo),
         # tools/web_demo.py (gradio) and its browser test (playwright + Debian's chromium,
         # scripts/install_browser.sh)

@@ -31,6 +31,15 @@ TINY_OPTS = [
     "single",
     "MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE",
     "64",
+    # CaR (built by the benchmark's every-segmenter run): the tiny random CLIP in both roles
+    "MODEL.CAR.PROPOSAL_CLIP.NAME",
+    "ViT-T-16-toy",
+    "MODEL.CAR.PROPOSAL_CLIP.WEIGHTS",
+    "",
+    "MODEL.CAR.CLASSIFIER_CLIP.NAME",
+    "ViT-T-16-toy",
+    "MODEL.CAR.CLASSIFIER_CLIP.WEIGHTS",
+    "",
 ]
 
 

@@ -23,7 +23,7 @@ import torch
 
 from detectron2.utils.logger import setup_logger
 
-from clipdistill.benchmark import format_table, run_benchmark
+from clipdistill.benchmark import format_table, run_benchmark, vocabulary_sweep
 from clipdistill.engine.setup import get_clipdistill_cfg
 
 
@@ -54,6 +54,14 @@ def parse_args(argv=None):
     p.add_argument("--skip-flops", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--output", default=None, help="write the results as JSON here")
+    p.add_argument(
+        "--vocabulary-sweep",
+        default="",
+        metavar="K1,K2,...",
+        help="instead: latency of the segmenter of --config-file (and of each "
+        "--segmenter-config) against vocabulary size (e.g. 5,20,59,150) at each --sweep-sizes",
+    )
+    p.add_argument("--sweep-sizes", default="224,512", help="image sides of --vocabulary-sweep")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
 
@@ -66,6 +74,8 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     cfg = get_clipdistill_cfg(args.config_file, args.opts)
     cfg.freeze()
+    if args.vocabulary_sweep:
+        return _sweep(cfg, args)
     result = run_benchmark(
         cfg,
         device=args.device,
@@ -90,6 +100,27 @@ def main(argv=None) -> dict:
             json.dump(result, f, indent=1)
         print(f"results written to {args.output}")
     return result
+
+
+def _sweep(cfg, args) -> list:
+    from tabulate import tabulate
+
+    rows = vocabulary_sweep(
+        [cfg] + [get_clipdistill_cfg(f, args.opts) for f in args.segmenter_config],
+        device=args.device,
+        sizes=[int(x) for x in args.sweep_sizes.split(",")],
+        vocabulary_sizes=[int(x) for x in args.vocabulary_sweep.split(",")],
+        iters=args.iters,
+        warmup=args.warmup,
+    )
+    print(tabulate(rows, headers="keys", floatfmt=".1f"))
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        command = " ".join(["python", "tools/benchmark.py"] + sys.argv[1:])
+        with open(args.output, "w") as f:
+            json.dump({"command": command, "vocabulary_sweep": rows}, f, indent=1)
+        print(f"results written to {args.output}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from .core import (
     register_benchmark_target,
     run_benchmark,
     segmenter_target,
+    vocabulary_sweep,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "run_comparison",
     "format_markdown",
     "write_comparison",
+    "vocabulary_sweep",
 ]

@@ -43,6 +43,7 @@ __all__ = [
     "segmenter_target",
     "inference_params",
     "run_benchmark",
+    "vocabulary_sweep",
     "format_table",
     "FLOP_CONVENTION",
     "INFERENCE_FIELDS",
@@ -256,8 +257,21 @@ def count_flops(module: nn.Module, example) -> Optional[float]:
             fa.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             fa.tracer_warnings("none")
             return float(fa.total())
-    except Exception as e:  # a segmenter that cannot be traced still gets timed
-        logger.warning(f"FLOP count failed for {type(module).__name__}: {type(e).__name__}: {e}")
+    except Exception as e:  # not traceable (data-dependent loop, NumPy steps, autograd: CaR)
+        traced_error = e
+    # eager fallback: PyTorch's dispatch-level counter sees every aten op that runs (including a
+    # backward pass inside the model); it counts 2 flops per multiply-add, so halve it
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(example)
+        return counter.get_total_flops() / 2.0
+    except Exception as e:
+        logger.warning(
+            f"FLOP count failed for {type(module).__name__}: {type(traced_error).__name__}: "
+            f"{traced_error}; eager count: {type(e).__name__}: {e}"
+        )
         return None
 
 
@@ -585,6 +599,62 @@ def run_benchmark(
     }
     result["ratios"] = _ratios(result)
     return result
+
+
+def vocabulary_sweep(
+    cfgs: Sequence,
+    *,
+    device: Optional[str] = None,
+    sizes: Sequence[int] = (224, 512),
+    vocabulary_sizes: Sequence[int] = (5, 20, 59, 150),
+    iters: int = 3,
+    warmup: int = 1,
+) -> List[dict]:
+    """Latency of segmenters against vocabulary size and image size (batch 1).
+
+    Each segmenter is built from its own config (``cfgs``; only ``MODEL.DEVICE`` is set).
+    Vocabularies are the first K ADE20K-150 class names (real names, so that text lengths are
+    realistic); images are random. A segmenter whose cost depends on its weights (CaR's
+    recurrence stops earlier with a random CLIP) should be timed with its real weights.
+
+    Returns:
+        rows ``{"name", "size", "vocabulary", "latency_ms", "latency_ms_min"}``.
+    """
+    from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
+
+    names = list(ADE20K_SEM_SEG_CATEGORIES)
+    if max(vocabulary_sizes) > len(names):
+        raise ValueError(f"vocabulary sizes up to {len(names)} (ADE20K-150 names)")
+    rows = []
+    for cfg in cfgs:
+        dev = torch.device(device or cfg.MODEL.DEVICE)
+        c = cfg.clone()
+        c.defrost()
+        c.MODEL.DEVICE = str(dev)
+        model = build_model(c).eval()
+        meta_arch = c.MODEL.META_ARCHITECTURE
+        for size in sizes:
+            image = _random_images(1, size, dev)[0]
+            inputs = [{"image": image, "height": size, "width": size}]
+            for k in vocabulary_sizes:
+                model.set_vocabulary(names[:k])
+
+                def run():
+                    with torch.inference_mode():
+                        return model(inputs)
+
+                logger.info(f"vocabulary sweep: {meta_arch} {size}x{size}, {k} names ...")
+                times = time_calls(run, iters, warmup, dev)
+                rows.append(
+                    {
+                        "name": meta_arch,
+                        "size": size,
+                        "vocabulary": k,
+                        "latency_ms": 1000 * statistics.median(times),
+                        "latency_ms_min": 1000 * min(times),
+                    }
+                )
+    return rows
 
 
 def _ratios(result: dict) -> dict:
