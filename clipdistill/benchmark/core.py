@@ -30,6 +30,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
@@ -241,6 +243,23 @@ def _sdpa_flop(inputs, outputs):
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
+class _EagerFlops(TorchDispatchMode):
+    """Sum of ``torch.utils.flop_counter``'s formulas over the aten ops dispatched while active
+    (no module tracking: ``FlopCounterMode``'s module hooks break ``torch.autograd.grad``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += int(formula(*args, **kwargs, out_val=out))
+        return out
+
+
 def count_flops(module: nn.Module, example) -> Optional[float]:
     """Total FLOPs (fvcore convention) of ``module(example)``, or None when tracing fails."""
     from fvcore.nn import FlopCountAnalysis
@@ -259,14 +278,12 @@ def count_flops(module: nn.Module, example) -> Optional[float]:
             return float(fa.total())
     except Exception as e:  # not traceable (data-dependent loop, NumPy steps, autograd: CaR)
         traced_error = e
-    # eager fallback: PyTorch's dispatch-level counter sees every aten op that runs (including a
-    # backward pass inside the model); it counts 2 flops per multiply-add, so halve it
+    # eager fallback: count every aten op that runs (including a backward pass inside the model)
+    # with PyTorch's flop formulas, which count 2 flops per multiply-add, so halve the total
     try:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), _EagerFlops() as counter:
             module(example)
-        return counter.get_total_flops() / 2.0
+        return counter.total / 2.0
     except Exception as e:
         logger.warning(
             f"FLOP count failed for {type(module).__name__}: {type(traced_error).__name__}: "

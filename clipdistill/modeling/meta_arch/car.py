@@ -138,17 +138,19 @@ class CaR(OpenVocabSegmenter):
                 "bi_w": c.CRF.BI_W,
             }
         handles = {}
-        for role in ("PROPOSAL", "CLASSIFIER"):
-            sub = c.get(f"{role}_CLIP")
+        for role, name, weights in (
+            ("PROPOSAL", c.PROPOSAL_CLIP.NAME, c.PROPOSAL_CLIP.WEIGHTS),
+            ("CLASSIFIER", c.CLASSIFIER_CLIP.NAME, c.CLASSIFIER_CLIP.WEIGHTS),
+        ):
             key = f"MODEL.CAR.{role}_CLIP"
             model, identity = load_open_clip(
-                sub.NAME,
-                sub.WEIGHTS,
+                name,
+                weights,
                 name_key=f"{key}.NAME",
                 weights_key=f"{key}.WEIGHTS",
                 force_quick_gelu=True if c.FORCE_QUICK_GELU else None,
             )
-            handles[role] = CLIPHandle(model, open_clip.get_tokenizer(sub.NAME), sub.NAME, identity)
+            handles[role] = CLIPHandle(model, open_clip.get_tokenizer(name), name, identity)
         segmenter = CaRSegmenter(
             proposal=handles["PROPOSAL"],
             classifier=handles["CLASSIFIER"],
