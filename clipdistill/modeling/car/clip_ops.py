@@ -2,25 +2,25 @@
 
 CaR runs CLIP in three unusual ways (see docs/CAR.md, "How CaR runs CLIP"):
 
-* tokens at any input size, with the positional embedding resampled *bilinearly* (no
-  anti-aliasing) and, as in the official code, rounded through float16;
+* tokens at any input size (``clip.vit.vit_tokens``), with the positional embedding resampled
+  *bilinearly* (no anti-aliasing) and, as in the official code, rounded through float16;
 * all blocks but the last one (``official_num_blocks``), with the head-averaged attention maps of
   the blocks whose maps the CLIP-ES refinement uses;
 * the last block re-run from ``ln_1``'s output, so that Grad-CAM can take gradients there.
 """
 
-import math
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import nn
+
+from ..clip.vit import check_plain_vit, vit_tokens
 
 __all__ = [
     "check_car_vit",
     "official_num_blocks",
-    "vit_tokens_bilinear",
+    "car_vit_tokens",
     "run_block",
     "run_blocks",
     "block_from_ln1",
@@ -39,15 +39,12 @@ def check_car_vit(visual: nn.Module, key: str) -> None:
         visual: the vision tower.
         key: the config key that chose the model, named in the error.
     """
-    if not isinstance(visual, VisionTransformer):
-        raise ValueError(
-            f"{key}: CaR needs a ViT CLIP (open_clip VisionTransformer), got "
-            f"{type(visual).__name__}."
-        )
-    if getattr(visual, "attn_pool", None) is not None or getattr(
-        visual, "final_ln_after_pool", False
-    ):
-        raise ValueError(f"{key}: CaR needs a ViT without attention pooling / post-pool norm.")
+    try:
+        check_plain_vit(visual, "CaR")
+    except NotImplementedError as e:
+        raise ValueError(f"{key}: {e}") from e
+    if getattr(visual, "final_ln_after_pool", False):
+        raise ValueError(f"{key}: CaR needs a ViT whose ln_post comes before the pooling.")
     ph, pw = visual.conv1.kernel_size
     if ph != pw:
         raise ValueError(f"{key}: CaR needs square patches, got {ph}x{pw}.")
@@ -65,38 +62,14 @@ def official_num_blocks(num_tokens: int, num_layers: int) -> int:
     return num_layers if num_tokens == _CONTEXT_LENGTH else num_layers - 1
 
 
-def vit_tokens_bilinear(
-    visual: VisionTransformer, x: torch.Tensor, round_pos_fp16: bool = True
-) -> torch.Tensor:
-    """Patch embedding + class token + positional embedding + ``ln_pre``, batch-first.
-
-    Args:
-        visual: an open_clip ViT tower.
-        x: normalised images ``[B, 3, H, W]``, H and W multiples of the patch size.
-        round_pos_fp16: round the resampled positional embedding through float16, as the
-            official code does (its resampled embedding is stored as a half-precision parameter).
+def car_vit_tokens(visual: VisionTransformer, x: torch.Tensor, round_pos_fp16: bool = True):
+    """Tokens as the official code computes them: positional embedding resampled bilinearly
+    (``clip.vit``'s ``"bilinear"``) and, by default, rounded through float16.
 
     Returns:
-        ``[B, 1 + h*w, width]`` tokens.
+        ``[B, 1 + h*w, width]`` batch-first tokens and the grid ``(h, w)``.
     """
-    x = visual.conv1(x)
-    b, width, gh, gw = x.shape
-    x = x.reshape(b, width, gh * gw).permute(0, 2, 1)
-    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(b, -1, -1)
-    x = torch.cat([cls, x], dim=1)
-    pos = visual.positional_embedding
-    patch = pos[1:]
-    side = int(round(math.sqrt(patch.shape[0])))
-    if side * side != patch.shape[0]:
-        raise ValueError(f"positional embedding of {patch.shape[0]} patches is not a square grid")
-    patch = patch.t().reshape(1, width, side, side)
-    patch = F.interpolate(patch, size=(gh, gw), mode="bilinear", align_corners=False)
-    patch = patch.reshape(width, gh * gw).t()
-    pos = torch.cat([pos[:1], patch], dim=0)
-    if round_pos_fp16:
-        pos = pos.half()
-    x = x + pos.to(x.dtype)
-    return visual.ln_pre(x)
+    return vit_tokens(visual, x, "bilinear", torch.float16 if round_pos_fp16 else None)
 
 
 def _attention(

@@ -38,12 +38,12 @@ from torchvision.transforms import functional as TF
 from ..clip.text import TextEncoder
 from .cam import grad_cam, refine_cams, sinkhorn_transition
 from .clip_ops import (
+    car_vit_tokens,
     check_car_vit,
     official_num_blocks,
     pool_and_project,
     run_block,
     run_blocks,
-    vit_tokens_bilinear,
 )
 from .crf import crf_image, dense_crf_masks
 from .prompts import apply_visual_prompts
@@ -247,7 +247,7 @@ class CaRSegmenter(nn.Module):
         x = TF.to_tensor(TF.resize(image, list(size), interpolation=InterpolationMode.BICUBIC))
         x = self._normalize(visual, x)[None].to(self.device)
         grid = (size[0] // p, size[1] // p)
-        tokens = vit_tokens_bilinear(visual, x, self.round_pos_embed_fp16)
+        tokens, _ = car_vit_tokens(visual, x, self.round_pos_embed_fp16)
         blocks = visual.transformer.resblocks
         n = official_num_blocks(tokens.shape[1], len(blocks))
         tokens, maps = run_blocks(blocks[:n], tokens, self.attention_layers)
@@ -277,7 +277,7 @@ class CaRSegmenter(nn.Module):
         for i in range(0, len(images), _CLASSIFIER_BATCH):
             batch = images[i : i + _CLASSIFIER_BATCH]
             x = torch.stack([self._classifier_preprocess(im) for im in batch])
-            tokens = vit_tokens_bilinear(visual, x.to(self.device), self.round_pos_embed_fp16)
+            tokens, _ = car_vit_tokens(visual, x.to(self.device), self.round_pos_embed_fp16)
             blocks = visual.transformer.resblocks
             n = len(blocks) if self.classifier_all_blocks else official_num_blocks(
                 tokens.shape[1], len(blocks)

@@ -16,6 +16,8 @@ resampled, in one of two ways (``POS_EMBED_RESAMPLING``):
   resampling of SCLIP's, ClearCLIP's and NACLIP's code. PyTorch then maps output to input
   coordinates with that scale factor rather than with the ratio of the sizes, so the result
   differs slightly from ``"size"``.
+* ``"bilinear"``: bilinear to the target grid, ``align_corners=False``, no antialiasing:
+  CLIP-as-RNN's code (``F.upsample(..., mode="bilinear")``).
 """
 
 import math
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 #: Ways of resampling positional embeddings to a new patch grid (module docstring).
-POS_EMBED_RESAMPLING = ("size", "scale_factor")
+POS_EMBED_RESAMPLING = ("size", "scale_factor", "bilinear")
 
 
 def check_plain_vit(visual: nn.Module, what: str = "Dense features") -> VisionTransformer:
@@ -69,8 +71,8 @@ def resample_pos_embed(
 ) -> torch.Tensor:
     """The tower's positional embedding ``[1 + h*w, width]`` for a patch ``grid = (h, w)``.
 
-    The class-token position is kept; the patch positions are resampled bicubically (``mode``:
-    see the module docstring) unless ``grid`` is the native grid.
+    The class-token position is kept; the patch positions are resampled (``mode``: see the
+    module docstring) unless ``grid`` is the native grid.
 
     Raises:
         ValueError: unknown ``mode``.
@@ -85,13 +87,13 @@ def resample_pos_embed(
     grid = (int(grid[0]), int(grid[1]))
     if grid == native:
         return pos
-    if mode == "size":
+    if mode in ("size", "bilinear"):
         out = resample_abs_pos_embed(
             pos.unsqueeze(0),
             new_size=list(grid),
             old_size=list(native),
             num_prefix_tokens=1,
-            interpolation="bicubic",
+            interpolation="bicubic" if mode == "size" else "bilinear",
             antialias=False,
         )
         return out[0]
@@ -112,7 +114,10 @@ def resample_pos_embed(
 
 
 def vit_tokens(
-    visual: VisionTransformer, x: torch.Tensor, pos_resampling: str = "size"
+    visual: VisionTransformer,
+    x: torch.Tensor,
+    pos_resampling: str = "size",
+    pos_round_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """Patch embedding + class token + (resampled) positional embedding + ``ln_pre``.
 
@@ -121,6 +126,8 @@ def vit_tokens(
         x: normalised images ``[B, 3, H, W]`` in the tower's dtype; sides that are not multiples
             of the patch size are floored by the patch convolution (as in open_clip).
         pos_resampling: ``POS_EMBED_RESAMPLING`` entry.
+        pos_round_dtype: round the (resampled) positional embedding through this dtype before
+            adding it (CLIP-as-RNN's code keeps it as a float16 parameter); None: no rounding.
 
     Returns:
         Batch-first tokens ``[B, 1 + h*w, width]`` and the patch grid ``(h, w)``.
@@ -130,7 +137,10 @@ def vit_tokens(
     x = x.flatten(2).transpose(1, 2)  # [B, h*w, width]
     cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
     x = torch.cat([cls, x], dim=1)
-    x = x + resample_pos_embed(visual, grid, pos_resampling).to(x.dtype)
+    pos = resample_pos_embed(visual, grid, pos_resampling)
+    if pos_round_dtype is not None:
+        pos = pos.to(pos_round_dtype)
+    x = x + pos.to(x.dtype)
     x = visual.patch_dropout(x)  # identity in eval mode
     return visual.ln_pre(x), grid
 
