@@ -60,10 +60,14 @@ class CaR(OpenVocabSegmenter):
     inference_excluded_modules = (
         "segmenter.proposal_clip.transformer",
         "segmenter.proposal_clip.token_embedding",
+        "segmenter.proposal_clip.positional_embedding",
         "segmenter.proposal_clip.ln_final",
+        "segmenter.proposal_clip.text_projection",
         "segmenter.classifier_clip.transformer",
         "segmenter.classifier_clip.token_embedding",
+        "segmenter.classifier_clip.positional_embedding",
         "segmenter.classifier_clip.ln_final",
+        "segmenter.classifier_clip.text_projection",
     )
 
     @configurable
