@@ -172,3 +172,17 @@ def test_config_errors_name_the_key():
     ):
         with pytest.raises(ValueError, match=key):
             build_model(get_clipdistill_cfg(CAR_TOY, opts))
+
+
+def test_runs_under_inference_mode(car):
+    # the benchmark and predictors call segmenters under torch.inference_mode; Grad-CAM needs
+    # autograd inside, on normal tensors
+    image = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (3, 40, 48), dtype=np.uint8))
+    car.set_vocabulary(["cat", "dog"])
+    try:
+        with torch.inference_mode():
+            out = car([{"image": image}])[0]["sem_seg"]
+        expected = car([{"image": image}])[0]["sem_seg"]
+        torch.testing.assert_close(out, expected)
+    finally:
+        car.set_vocabulary(None)

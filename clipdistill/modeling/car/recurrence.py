@@ -239,7 +239,12 @@ class CaRSegmenter(nn.Module):
 
     def encode_image(self, image: Image.Image) -> _EncodedImage:
         """Proposal-CLIP encoding of ``image`` (resized with PIL bicubic so that both sides are
-        the next multiple of the patch size)."""
+        the next multiple of the patch size). Normal tensors even under ``inference_mode``:
+        Grad-CAM later differentiates through the last block from them."""
+        with torch.inference_mode(False), torch.no_grad():
+            return self._encode_image(image)
+
+    def _encode_image(self, image: Image.Image) -> _EncodedImage:
         visual = self.proposal_clip.visual
         p = self.proposal_patch_size
         w, h = image.size
