@@ -31,7 +31,7 @@ TINY_OPTS = [
     "single",
     "MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE",
     "64",
-    # CaR (built by the benchmark's every-segmenter run): the tiny random CLIP in both roles
+    # CaR (configs/car/* built offline by the config test): the tiny random CLIP in both roles
     "MODEL.CAR.PROPOSAL_CLIP.NAME",
     "ViT-T-16-toy",
     "MODEL.CAR.PROPOSAL_CLIP.WEIGHTS",
