@@ -132,7 +132,10 @@ class SegPredictor:
         elif require_weights:
             raise ValueError("MODEL.WEIGHTS is empty: pass a trained checkpoint")
         else:
-            logger.warning("MODEL.WEIGHTS is empty: the student is randomly initialised")
+            logger.warning(
+                f"MODEL.WEIGHTS is empty: the {type(self.model).__name__} keeps the weights its "
+                "config builds (what a training-free segmenter needs; random for a trained one)"
+            )
         # the evaluation mapper's geometry, so the demo sees what the evaluator saw
         self.augs = T.AugmentationList(build_sem_seg_augmentation(self.cfg, is_train=False))
         self.input_format = self.cfg.INPUT.FORMAT
