@@ -10,6 +10,7 @@ detectron2 meaning.
 from detectron2.config import CfgNode as CN
 
 from .modeling.car.config import add_car_config
+from .modeling.ovseg.config import add_ovseg_config
 from .modeling.san.config import add_san_config
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "add_segstudent_config",
     "add_maskclip_config",
     "add_san_config",
+    "add_ovseg_config",
 ]
 
 
@@ -30,6 +32,7 @@ def add_clipdistill_config(cfg: CN) -> None:
     add_maskclip_config(cfg)
     add_san_config(cfg)
     add_car_config(cfg)
+    add_ovseg_config(cfg)
 
 
 def add_engine_config(cfg: CN) -> None:

@@ -42,6 +42,19 @@ TINY_OPTS = [
     "",
 ]
 
+# OVSeg configs made cheap to build: the tiny random CLIP instead of ViT-L/14 or ViT-B/16 (the
+# proposal generator keeps its published size); GroupNorm needs widths divisible by 32
+TINY_OVSEG_OPTS = [
+    "MODEL.OVSEG.CLIP.NAME",
+    "ViT-T-16-toy",
+    "MODEL.OVSEG.CLIP.WEIGHTS",
+    "",
+    "MODEL.SEM_SEG_HEAD.EMBEDDING_DIM",
+    "64",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+    "32",
+]
+
 
 # SAN configs made tiny and offline: the toy CLIP (2 blocks) split after block 1, no weights
 TINY_SAN_OPTS = [

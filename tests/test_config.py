@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 
 from clipdistill.config import add_clipdistill_config
 from clipdistill.modeling.segmenter import OpenVocabSegmenter
-from common import CONFIGS, REPO, TINY_OPTS, TINY_SAN_OPTS, tiny_cfg
+from common import CONFIGS, REPO, TINY_OPTS, TINY_OVSEG_OPTS, TINY_SAN_OPTS, tiny_cfg
 
 ALL_CONFIGS = sorted(
     p
@@ -28,6 +28,8 @@ def test_every_config_loads_and_builds(path):
     opts = ["MODEL.TIMM.NAME", get_cfg_value(path, "MODEL.TIMM.NAME")]
     if get_cfg_value(path, "MODEL.META_ARCHITECTURE") == "SAN":
         opts += TINY_SAN_OPTS
+    if get_cfg_value(path, "MODEL.META_ARCHITECTURE") == "OVSeg":
+        opts += TINY_OVSEG_OPTS
     cfg = tiny_cfg(*opts, config_file=path)
     model = build_model(cfg)
     assert isinstance(model, OpenVocabSegmenter)

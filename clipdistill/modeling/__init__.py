@@ -3,7 +3,7 @@ from . import losses
 from .backbone import TimmBackbone, build_timm_backbone
 from .fusion import FusionNeck
 from .heads import ClosedSetHead, TextEmbeddingHead
-from .meta_arch import SAN, SegStudent
+from .meta_arch import SAN, OVSeg, SegStudent
 from .teacher import CLIPTeacher
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "FusionNeck",
     "ClosedSetHead",
     "TextEmbeddingHead",
+    "OVSeg",
     "SAN",
     "SegStudent",
     "CLIPTeacher",

@@ -1,0 +1,33 @@
+"""OVSeg's building blocks (the meta-architecture is ``clipdistill.modeling.meta_arch.OVSeg``):
+the Swin backbone, the MaskFormer proposal generator, the mask-prompted CLIP and the inference
+rules. Importing it registers the ``build_ovseg_swin_backbone`` backbone."""
+
+from .clip_adapter import MaskPromptCLIP, crop_regions, mask_prompt_encode, patch_keep_mask
+from .config import add_ovseg_config
+from .inference import (
+    clip_class_probs,
+    demo_scores,
+    ensemble_probs,
+    mask_class_probs,
+    semantic_scores,
+)
+from .maskformer import BasePixelDecoder, OpenVocabPredictor, OVSegHead
+from .swin import build_ovseg_swin_backbone, SwinBackbone
+
+__all__ = [
+    "MaskPromptCLIP",
+    "crop_regions",
+    "mask_prompt_encode",
+    "patch_keep_mask",
+    "add_ovseg_config",
+    "clip_class_probs",
+    "demo_scores",
+    "ensemble_probs",
+    "mask_class_probs",
+    "semantic_scores",
+    "BasePixelDecoder",
+    "OpenVocabPredictor",
+    "OVSegHead",
+    "build_ovseg_swin_backbone",
+    "SwinBackbone",
+]
