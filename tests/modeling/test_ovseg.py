@@ -330,8 +330,9 @@ def test_inference_contract_demo_and_dense_probs(toy_model):
         assert probs.shape == (2, 2, 64, 96)
         torch.testing.assert_close(probs.sum(1), torch.ones(2, 64, 96))
         m.demo = True
-        m.set_vocabulary(["cat"])  # padded with "others" inside, one channel out
-        assert m(inputs[:1])[0]["sem_seg"].shape == (1, 50, 70)
+        m.set_vocabulary(["cat"])  # contrasted with "others", a second output class
+        assert m.vocabulary_for({}) == ["cat", "others"]
+        assert m(inputs[:1])[0]["sem_seg"].shape == (2, 50, 70)
     m.demo = False
     m.set_vocabulary(None)
 

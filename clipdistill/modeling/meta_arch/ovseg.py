@@ -18,7 +18,7 @@ With ``MODEL.OVSEG.DEMO`` the published demo's rule is used instead (see :func:`
 
 import logging
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
@@ -103,6 +103,11 @@ class OVSeg(OpenVocabSegmenter):
         "clip_adapter.clip_model.token_embedding",
         "clip_adapter.clip_model.ln_final",
     )
+
+    #: trained with ``SOLVER.WEIGHT_DECAY_EMBED`` (0 in the recipe): Swin's relative position
+    #: tables and absolute position embedding (parameter names, as detectron2's optimizer
+    #: ``overrides`` match them)
+    no_weight_decay_names = ("relative_position_bias_table", "absolute_pos_embed")
 
     @configurable
     def __init__(
@@ -192,17 +197,13 @@ class OVSeg(OpenVocabSegmenter):
     def lr_factor(self, param_name: str) -> float:
         return self.backbone_multiplier if param_name.startswith("backbone.") else 1.0
 
-    @property
-    def no_weight_decay_names(self) -> Tuple[str, ...]:
-        """Parameters trained without weight decay (``SOLVER.WEIGHT_DECAY_EMBED``): the query
-        embedding and Swin's relative position tables / absolute position embedding."""
-        names = ["sem_seg_head.predictor.query_embed.weight"]
-        names += [
-            n
-            for n, _ in self.backbone.named_parameters(prefix="backbone")
-            if n.endswith(("relative_position_bias_table", "absolute_pos_embed"))
-        ]
-        return tuple(names)
+    def vocabulary_for(self, input_dict: dict) -> List[str]:
+        """The output classes of ``input_dict``; the demo rule contrasts a single class with
+        ``"others"``, which then is a second output class (as in the published demo)."""
+        names = super().vocabulary_for(input_dict)
+        if self.demo and len(names) == 1:
+            names = names + [DEMO_OTHERS]
+        return names
 
     def prepare_vocabulary(self, class_names: List[str]) -> None:
         self.clip_adapter.class_text_features(class_names)
@@ -278,15 +279,10 @@ class OVSeg(OpenVocabSegmenter):
         results = []
         for i, (x, size) in enumerate(zip(batched_inputs, images.image_sizes)):
             names = self.vocabulary_for(x)
-            padded = self.demo and len(names) == 1
-            if padded:  # the demo's contrastive padding class
-                names = names + [DEMO_OTHERS]
             text = self.clip_adapter.text_features(names)
             logits = self.clip_adapter.logits(F.normalize(outputs["pred_logits"][i], dim=-1), text)
             mask_probs = sem_seg_postprocess(masks[i], size, size[0], size[1]).sigmoid()
             r = self.semantic_inference(logits, mask_probs, x["image"].to(self.device), text, names)
-            if padded:
-                r = r[:1]
             height, width = x.get("height", size[0]), x.get("width", size[1])
             results.append({"sem_seg": sem_seg_postprocess(r, size, height, width)})
         return results
