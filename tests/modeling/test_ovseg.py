@@ -33,7 +33,8 @@ from clipdistill.modeling.ovseg import (
 )
 from clipdistill.modeling.ovseg.swin import shifted_window_mask
 from clipdistill.engine.setup import get_clipdistill_cfg
-from common import CONFIGS, random_inputs
+from clipdistill.modeling.teacher import build_segmenter_teacher
+from common import CONFIGS, random_inputs, tiny_cfg
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 TOY_CFG = os.path.join(CONFIGS, "ovseg", "ovseg_toy_voc20toy_60.yaml")
@@ -314,7 +315,7 @@ def test_swin_shift_mask_matches_timm_on_window_multiples():
 
 
 # ------------------------------------------------------------------------------ model
-def test_inference_contract_demo_and_dense_probs(toy_model):
+def test_inference_contract_and_demo(toy_model):
     m = toy_model
     inputs = [
         {"image": x["image"], "height": 50, "width": 70}
@@ -324,17 +325,27 @@ def test_inference_contract_demo_and_dense_probs(toy_model):
     with torch.no_grad():
         out = m(inputs)
         assert [tuple(o["sem_seg"].shape) for o in out] == [(3, 50, 70), (3, 50, 70)]
-        probs = m.dense_class_probs(
-            torch.stack([x["image"] for x in random_inputs([(64, 96)] * 2)]), ["a", "b"]
-        )
-        assert probs.shape == (2, 2, 64, 96)
-        torch.testing.assert_close(probs.sum(1), torch.ones(2, 64, 96))
         m.demo = True
         m.set_vocabulary(["cat"])  # contrasted with "others", a second output class
         assert m.vocabulary_for({}) == ["cat", "others"]
         assert m(inputs[:1])[0]["sem_seg"].shape == (2, 50, 70)
     m.demo = False
     m.set_vocabulary(None)
+
+
+def test_ovseg_as_a_students_teacher():
+    cfg = tiny_cfg("MODEL.CLIPDISTILL.SEGMENTER_TEACHER.CONFIG_FILE", TOY_CFG)
+    teacher = build_segmenter_teacher(cfg)
+    images = torch.stack([x["image"] for x in random_inputs([(64, 96)] * 2)])
+    probs = teacher.probs(images, ["road", "tree"])
+    assert probs.shape == (2, 2, 64, 96)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 64, 96))
+    # the probabilities are OVSeg's normalised scores
+    seg = teacher.segmenter
+    seg.set_vocabulary(["road", "tree"])
+    with torch.no_grad():
+        scores = seg([{"image": images[0], "height": 64, "width": 96}])[0]["sem_seg"]
+    torch.testing.assert_close(probs[0], scores / scores.sum(0, keepdim=True), rtol=1e-4, atol=1e-6)
 
 
 def test_tiny_ovseg_trains_clip_frozen():

@@ -1,6 +1,7 @@
 """OVSeg's building blocks (the meta-architecture is ``clipdistill.modeling.meta_arch.OVSeg``):
 the Swin backbone, the MaskFormer proposal generator, the mask-prompted CLIP and the inference
-rules. Importing it registers the ``build_ovseg_swin_backbone`` backbone."""
+rules. Importing it registers the backbones ``build_ovseg_swin_backbone`` and (detectron2's)
+``build_resnet_deeplab_backbone``."""
 
 from .clip_adapter import MaskPromptCLIP, crop_regions, mask_prompt_encode, patch_keep_mask
 from .config import add_ovseg_config
@@ -12,6 +13,7 @@ from .inference import (
     semantic_scores,
 )
 from .maskformer import BasePixelDecoder, OpenVocabPredictor, OVSegHead
+from .resnet import check_deeplab_resnet_cfg
 from .swin import build_ovseg_swin_backbone, SwinBackbone
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "BasePixelDecoder",
     "OpenVocabPredictor",
     "OVSegHead",
+    "check_deeplab_resnet_cfg",
     "build_ovseg_swin_backbone",
     "SwinBackbone",
 ]

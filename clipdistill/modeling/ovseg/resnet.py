@@ -1,6 +1,9 @@
 """The R101c backbone of OVSeg's small model is detectron2's DeepLab ResNet
 (``detectron2.projects.deeplab.build_resnet_deeplab_backbone``: three-convolution stem, multi-grid
-res5); this module only validates its keys with errors that name them (detectron2 asserts)."""
+res5); importing this module registers it, and ``check_deeplab_resnet_cfg`` validates its keys
+with errors that name them (detectron2 only asserts)."""
+
+import detectron2.projects.deeplab  # noqa: F401 (registers build_resnet_deeplab_backbone)
 
 __all__ = ["check_deeplab_resnet_cfg"]
 
@@ -10,8 +13,6 @@ def check_deeplab_resnet_cfg(cfg) -> None:
     asserts); a no-op for other backbones."""
     if cfg.MODEL.BACKBONE.NAME != "build_resnet_deeplab_backbone":
         return
-    import detectron2.projects.deeplab  # noqa: F401 (registers build_resnet_deeplab_backbone)
-
     r = cfg.MODEL.RESNETS
     if r.STEM_TYPE not in ("basic", "deeplab"):
         raise ValueError(f"MODEL.RESNETS.STEM_TYPE={r.STEM_TYPE!r}: use 'deeplab' or 'basic'")
