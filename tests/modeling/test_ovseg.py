@@ -309,6 +309,21 @@ def test_semantic_inference_with_no_and_one_valid_proposal(toy_model):
     torch.testing.assert_close(one_valid, semantic_scores(p, probs))
 
 
+def test_text_embeddings_follow_the_weights():
+    """The official model caches text features per noun forever; here a changed text tower (a
+    checkpoint loaded, a weight edited in place) is never served stale embeddings."""
+    model = build_model(toy_cfg())
+    adapter = model.clip_adapter
+    before = adapter.class_text_features(["cat", "dog"])
+    with torch.no_grad():
+        adapter.clip_model.text_projection.mul_(-1)
+    torch.testing.assert_close(adapter.class_text_features(["cat", "dog"]), -before)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["clip_adapter.clip_model.text_projection"] *= -1
+    model.load_state_dict(state)
+    torch.testing.assert_close(adapter.class_text_features(["cat", "dog"]), before)
+
+
 def test_swin_shift_mask_matches_timm_on_window_multiples():
     block = SwinTransformerBlock(8, (12, 8), num_heads=1, window_size=4, shift_size=2)
     torch.testing.assert_close(shifted_window_mask(12, 8, 4, 2), block.attn_mask)

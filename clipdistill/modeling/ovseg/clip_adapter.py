@@ -170,8 +170,7 @@ class MaskPromptCLIP(nn.Module):
         std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1) * 255
         self.register_buffer("clip_mean", mean, False)
         self.register_buffer("clip_std", std, False)
-        # Loaded weights may change the text tower: never serve embeddings of the old weights.
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.clear_text_cache())
+        self._text_signature = self._weights_signature()
 
     @classmethod
     def from_config(cls, cfg) -> "MaskPromptCLIP":
@@ -184,7 +183,8 @@ class MaskPromptCLIP(nn.Module):
             force_quick_gelu=c.FORCE_QUICK_GELU,
         )
         # No disk cache: an OVSeg checkpoint replaces the CLIP weights after construction, so
-        # the identity of MODEL.OVSEG.CLIP.WEIGHTS does not identify the text tower.
+        # the identity of MODEL.OVSEG.CLIP.WEIGHTS does not identify the text tower (the text
+        # embeddings are computed once per vocabulary and process).
         text = TextEncoder(
             model,
             open_clip.get_tokenizer(c.NAME),
@@ -202,13 +202,17 @@ class MaskPromptCLIP(nn.Module):
         )
 
     # ---- text ----------------------------------------------------------------------------
-    def clear_text_cache(self) -> None:
-        """Forget the cached text embeddings (call after changing CLIP's weights in place)."""
-        self.text_encoder.clear()
+    def _weights_signature(self) -> tuple:
+        return tuple((id(t), t._version, t.device) for t in self.clip_model.parameters())
 
     def class_text_features(self, class_names: Sequence[str]) -> torch.Tensor:
         """Prompt-ensembled text embeddings ``[K, E]`` (per template normalised, averaged,
-        normalised again), cached per vocabulary."""
+        normalised again), cached per vocabulary in memory; the cache is dropped whenever a CLIP
+        weight changes (a checkpoint loaded, a weight edited in place)."""
+        signature = self._weights_signature()
+        if signature != self._text_signature:
+            self._text_signature = signature
+            self.text_encoder.clear()
         return self.text_encoder(class_names).to(self.non_object_embedding.device)
 
     def text_features(self, class_names: Sequence[str]) -> torch.Tensor:
