@@ -213,7 +213,10 @@ class MaskPromptCLIP(nn.Module):
         if signature != self._text_signature:
             self._text_signature = signature
             self.text_encoder.clear()
-        return self.text_encoder(class_names).to(self.non_object_embedding.device)
+        # float32 even inside an AMP training step: the embeddings are cached for evaluation
+        device = self.non_object_embedding.device
+        with torch.autocast(device_type=device.type, enabled=False):
+            return self.text_encoder(class_names).to(device)
 
     def text_features(self, class_names: Sequence[str]) -> torch.Tensor:
         """``[K + 1, E]``: the class embeddings and the (learnable) normalised no-object
