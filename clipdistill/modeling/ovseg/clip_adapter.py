@@ -140,6 +140,14 @@ class MaskPromptCLIP(nn.Module):
             raise ValueError(
                 "MODEL.OVSEG.CLIP.NAME must be a ViT CLIP (mask prompt tuning needs patch tokens)"
             )
+        if (
+            getattr(visual, "attn_pool", None) is not None
+            or getattr(visual, "pool_type", "tok") != "tok"
+        ):
+            raise ValueError(
+                "MODEL.OVSEG.CLIP.NAME must be an OpenAI-style ViT CLIP (class-token pooling, no "
+                "attention pooling)"
+            )
         if mask_prompt_fwd and mask_prompt_depth < 1:
             raise ValueError(
                 "MODEL.OVSEG.CLIP.MASK_PROMPT_FWD needs MODEL.OVSEG.CLIP.MASK_PROMPT_DEPTH >= 1 "
