@@ -8,6 +8,7 @@ TOY_OUT ?= output/voc_toy
 
 setup:
 	bash scripts/setup_env.sh
+	bash scripts/install_fonts.sh
 
 toy: setup
 	$(PY) tools/make_toy_dataset.py

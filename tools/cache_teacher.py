@@ -8,26 +8,32 @@
         --verify
 
 Shards are float16 safetensors files under MODEL.CLIPDISTILL.TEACHER_CACHE.DIR/<dataset>/ with a
-manifest of sha256 checksums; an interrupted build resumes where it stopped. ``--num-gpus N``
-starts N processes (gloo on a CPU-only machine), each handling every N-th shard. Train from the
-cache with ``MODEL.CLIPDISTILL.TEACHER_CACHE.ENABLED True`` (e.g.
-configs/segstudent/segstudent_effb0_toyclip_voc20toy_300_cached.yaml).
-Format and semantics: docs/CACHE.md.
+manifest of sha256 checksums and of the images' sizes, times and hashes; an interrupted build
+resumes where it stopped. ``--num-gpus N`` starts N processes (gloo on a CPU-only machine), each
+handling every N-th shard. Train from the cache with ``MODEL.CLIPDISTILL.TEACHER_CACHE.ENABLED
+True`` (e.g. configs/segstudent/segstudent_effb0_toyclip_voc20toy_300_cached.yaml). Format and
+semantics: docs/CACHE.md. A user error is one line and exit status 2 (``--debug``: with its
+traceback).
 """
 
 import logging
+import sys
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from clipdistill.engine.setup import get_clipdistill_cfg
+from clipdistill.engine.validate import check_datasets_registered
 from clipdistill.teacher_cache import (
     TeacherCache,
     build_teacher_cache,
     cache_key,
     dataset_cache_dir,
 )
+from clipdistill.utils.cli import add_debug_argument, launch_tool, parse_args_allowing_late_options
+
+PROG = "cache_teacher.py"
 
 
 def main(args):
@@ -35,6 +41,7 @@ def main(args):
     setup_logger(distributed_rank=comm.get_rank(), name="detectron2")
     cfg = get_clipdistill_cfg(args.config_file, args.opts)
     cfg.freeze()
+    check_datasets_registered(args.dataset, "--dataset")
     log = logging.getLogger("clipdistill")
     cc = cfg.MODEL.CLIPDISTILL.TEACHER_CACHE
     for name in args.dataset:
@@ -43,6 +50,7 @@ def main(args):
             if comm.is_main_process():
                 cache = TeacherCache(directory, cache_key(cfg, name), verify=True)
                 cache.verify_all()
+                cache.check_images()
                 log.info(f"Teacher cache {directory}: {len(cache)} images, all shards verified.")
             continue
         res = build_teacher_cache(cfg, name, cache_dir=directory, overwrite=args.overwrite)
@@ -56,23 +64,25 @@ def main(args):
             log.info(f"Teacher cache ready: {directory}")
 
 
-def invoke_main() -> None:
+def invoke_main(argv=None) -> int:
     parser = default_argument_parser()
     parser.add_argument(
         "--dataset", action="append", required=True, help="registered dataset (repeat for more)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace a stale cache")
-    parser.add_argument("--verify", action="store_true", help="check every shard's sha256 only")
-    args = parser.parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a stale, damaged or changed-images cache (keeps nothing of it)",
     )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every shard's sha256 and that no image changed since the build",
+    )
+    add_debug_argument(parser)
+    args = parse_args_allowing_late_options(parser, argv)
+    return launch_tool(PROG, main, args)
 
 
 if __name__ == "__main__":
-    invoke_main()  # pragma: no cover
+    sys.exit(invoke_main())  # pragma: no cover

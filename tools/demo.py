@@ -2,12 +2,15 @@
 """Segment images or videos with a trained student and any vocabulary.
 
     python tools/demo.py --config-file configs/voc.yaml --input img.jpg imgs/ "more/*.png" \
-        --output out/demo --class-names cat "potted plant" grass MODEL.WEIGHTS out/model_final.pth
+        --output out/demo --class-names cat "potted plant" grass \
+        --opts MODEL.WEIGHTS out/model_final.pth
 
 Per image: <stem>_label.png (palette PNG, pixel = class index), <stem>_overlay.png (blend with a
 legend), with --save-scores <stem>_scores.npz (per-class probabilities); a video gives
 <stem>_overlay.mp4. Without --class-names the training vocabulary (DATASETS.TRAIN[0]) is used.
-Unreadable inputs are reported and skipped; the exit status is 1 when every input failed.
+Config overrides go last, after --opts. Unreadable inputs are reported and skipped; the exit
+status is 1 when every input failed, 2 for a user error (bad config or class names, missing or
+damaged checkpoint, full disk: one line; --debug shows the traceback).
 """
 
 import argparse
@@ -16,7 +19,8 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from clipdistill.deploy.cli import USER_ERRORS, config_parser, fail, load_cfg, parse_args
+from clipdistill.deploy.cli import check_list_options, config_parser, load_cfg, parse_args
+from clipdistill.utils.cli import report_error, run_tool
 
 PROG = "demo.py"
 
@@ -54,15 +58,16 @@ def main(argv=None) -> int:
         parser.error("--batch-size must be >= 1")
     setup_logger(name="clipdistill")
     setup_logger(name="detectron2")
-    logger = logging.getLogger("clipdistill.demo")
+    return run_tool(PROG, lambda: _run(args), debug=args.debug)
 
+
+def _run(args) -> int:
+    logger = logging.getLogger("clipdistill.demo")
     from clipdistill.deploy import SegPredictor, run_demo
 
-    try:
-        cfg = load_cfg(args)
-        predictor = SegPredictor(cfg, class_names=args.class_names)
-    except USER_ERRORS as e:
-        return fail(PROG, e)
+    check_list_options(args, "class_names")
+    cfg = load_cfg(args)
+    predictor = SegPredictor(cfg, class_names=args.class_names)
     logger.info(f"vocabulary ({len(predictor.class_names)}): {predictor.class_names}")
     report = run_demo(
         predictor,
@@ -77,8 +82,12 @@ def main(argv=None) -> int:
         names = "\n  ".join(f"{p}: {why}" for p, why in report.failed)
         logger.warning(f"{len(report.failed)} of {report.total} inputs failed:\n  {names}")
     logger.info(f"{len(report.done)} of {report.total} inputs segmented into {args.output}")
+    if report.stopped is not None:
+        done = "\n  ".join(report.done) if report.done else "(none)"
+        logger.warning(f"inputs done before the stop ({len(report.done)}):\n  {done}")
+        raise report.stopped
     if not report.done:
-        return fail(PROG, f"all {report.total} inputs failed", code=1)
+        return report_error(PROG, f"all {report.total} inputs failed", code=1)
     return 0
 
 

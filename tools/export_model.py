@@ -2,7 +2,7 @@
 """Export the student with a vocabulary baked in (TorchScript and/or ONNX), check it, time it.
 
     python tools/export_model.py --config-file configs/voc.yaml --output out/export \
-        --class-names cat dog "potted plant" MODEL.WEIGHTS out/model_final.pth
+        --class-names cat dog "potted plant" --opts MODEL.WEIGHTS out/model_final.pth
 
 Writes <output>/model.ts (torch.jit.load), <output>/model.onnx (onnxruntime) and
 <output>/export.json (vocabulary, input/output contract, parity and timing). The graph maps a
@@ -10,11 +10,12 @@ float32 [B, 3, H, W] image (0..255, any H and W) to per-class logits [B, K, H, W
 --output-kind labels). Parity: max |logit difference| to the eager model on random images of
 --parity-sizes; the exit status is 1 when it exceeds --tolerance. Timing: median of --runs runs
 (interleaved rounds) after --warmup runs of eager PyTorch, TorchScript and ONNX Runtime on the
-CPU at --bench-size.
+CPU at --bench-size. Config overrides go last, after --opts. A user error (bad config or class
+names, missing or damaged checkpoint, full disk) is one line and exit status 2 (--debug: with its
+traceback).
 """
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -22,7 +23,9 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from clipdistill.deploy.cli import USER_ERRORS, config_parser, fail, load_cfg, parse_args
+from clipdistill.deploy.cli import check_list_options, config_parser, load_cfg, parse_args
+from clipdistill.utils.cli import report_error, run_tool
+from clipdistill.utils.io import atomic_save_json, ensure_writable_dir
 
 PROG = "export_model.py"
 
@@ -110,6 +113,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     setup_logger(name="clipdistill")
+    return run_tool(PROG, lambda: _run(args, argv), debug=args.debug)
+
+
+def _run(args, argv) -> int:
     logger = logging.getLogger("clipdistill.export")
 
     import torch
@@ -120,14 +127,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    try:
-        cfg = load_cfg(args)
-        predictor = SegPredictor(cfg, class_names=args.class_names)
-    except USER_ERRORS as e:
-        return fail(PROG, e)
+    check_list_options(args, "class_names")
+    cfg = load_cfg(args)
+    predictor = SegPredictor(cfg, class_names=args.class_names)
     model = predictor.model
     module = E.ExportableSegmenter(model, predictor.class_names, output=args.output_kind)
-    os.makedirs(args.output, exist_ok=True)
+    ensure_writable_dir(args.output, "--output folder")
     side = cfg.INPUT.MIN_SIZE_TEST
     example_hw = args.example_size or (side, side)
     example = torch.randint(0, 256, (1, 3) + tuple(example_hw)).float()
@@ -200,10 +205,9 @@ def main(argv=None) -> int:
             )
     E.write_vocabulary_file(module, os.path.join(args.output, "export.json"), results)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        atomic_save_json(args.json, results)
     if not ok:
-        return fail(
+        return report_error(
             PROG,
             f"exported model differs from the eager model by more than " f"{args.tolerance:g}",
             code=1,

@@ -6,14 +6,21 @@
     python tools/train_net.py --config-file configs/voc.yaml --eval-only \
         MODEL.WEIGHTS out/model_final.pth
 
-``--num-gpus N`` starts N processes (NCCL on GPUs, gloo on a CPU-only machine).
+``--num-gpus N`` starts N processes (NCCL on GPUs, gloo on a CPU-only machine). A user error (bad
+config value, missing or damaged file, full disk...) is one line and exit status 2; ``--debug``
+shows its traceback.
 """
 
-from detectron2.engine import default_argument_parser, launch
+import sys
+
+from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from clipdistill.engine import SegmenterCheckpointer, Trainer, setup
+from clipdistill.utils.cli import add_debug_argument, launch_tool, parse_args_allowing_late_options
+
+PROG = "train_net.py"
 
 
 def main(args):
@@ -32,17 +39,12 @@ def main(args):
     return trainer.train()
 
 
-def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+def invoke_main(argv=None) -> int:
+    parser = default_argument_parser()
+    add_debug_argument(parser)
+    args = parse_args_allowing_late_options(parser, argv)
+    return launch_tool(PROG, main, args)
 
 
 if __name__ == "__main__":
-    invoke_main()  # pragma: no cover
+    sys.exit(invoke_main())  # pragma: no cover

@@ -7,7 +7,8 @@
 Writes one PNG per image: input | prediction | ground truth, in the dataset's colours
 (stuff_colors) with its class names. Category ids are mapped back through the dataset's
 stuff_dataset_id_to_contiguous_id when it has one (COCO-Stuff). Missing images are reported and
-skipped; the exit status is 1 when no image could be rendered, 2 for a bad --input or --dataset.
+skipped; the exit status is 1 when no image could be rendered, 2 for a bad --input or --dataset
+(one line; --debug shows the traceback).
 """
 
 import argparse
@@ -17,7 +18,7 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 import clipdistill  # noqa: F401  (registers datasets)
-from clipdistill.deploy.cli import USER_ERRORS, fail
+from clipdistill.utils.cli import add_debug_argument, report_error, run_tool
 from clipdistill.utils.visualize import render_prediction_file
 
 PROG = "visualize_json_results.py"
@@ -41,24 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not draw connected regions smaller than this many pixels",
     )
     parser.add_argument("--alpha", type=float, default=0.6, help="opacity of the class colours")
+    add_debug_argument(parser)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logger(name="clipdistill")
+    return run_tool(PROG, lambda: _run(args), debug=args.debug)
+
+
+def _run(args) -> int:
     logger = logging.getLogger("clipdistill.visualize")
-    try:
-        written, failed = render_prediction_file(
-            args.input,
-            args.dataset,
-            args.output,
-            limit=args.limit,
-            min_area=args.min_area,
-            alpha=args.alpha,
-        )
-    except USER_ERRORS as e:
-        return fail(PROG, e)
+    written, failed = render_prediction_file(
+        args.input,
+        args.dataset,
+        args.output,
+        limit=args.limit,
+        min_area=args.min_area,
+        alpha=args.alpha,
+    )
     for file_name, why in failed:
         logger.warning(f"Skipped {file_name}: {why}")
     total = len(written) + len(failed)
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
         f"Rendered {len(written)} of {total} images into {args.output}; " f"{len(failed)} failed"
     )
     if failed and not written:
-        return fail(PROG, f"none of the {total} images could be rendered", code=1)
+        return report_error(PROG, f"none of the {total} images could be rendered", code=1)
     return 0
 
 

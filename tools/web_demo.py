@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Web demo: upload an image, type class names, see the segmentation overlay and its legend.
 
-    python tools/web_demo.py --config-file configs/voc.yaml MODEL.WEIGHTS out/model_final.pth
+    python tools/web_demo.py --config-file configs/voc.yaml --opts MODEL.WEIGHTS out/model_final.pth
     # then open http://127.0.0.1:7860
 
 Serves a Gradio app on 127.0.0.1 (--host/--port to change). Bad input (no image, an unreadable
@@ -14,7 +14,8 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from clipdistill.deploy.cli import USER_ERRORS, config_parser, fail, load_cfg, parse_args
+from clipdistill.deploy.cli import check_list_options, config_parser, load_cfg, parse_args
+from clipdistill.utils.cli import run_tool
 
 PROG = "web_demo.py"
 
@@ -37,16 +38,18 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
     setup_logger(name="clipdistill")
+    return run_tool(PROG, lambda: _run(args), debug=args.debug)
+
+
+def _run(args) -> int:
     logger = logging.getLogger("clipdistill.web_demo")
 
     from clipdistill.deploy import SegPredictor
     from clipdistill.deploy.web import build_app, launch
 
-    try:
-        cfg = load_cfg(args)
-        predictor = SegPredictor(cfg, class_names=args.class_names)
-    except USER_ERRORS as e:
-        return fail(PROG, e)
+    check_list_options(args, "class_names")
+    cfg = load_cfg(args)
+    predictor = SegPredictor(cfg, class_names=args.class_names)
     app = build_app(predictor)
     logger.info(f"serving on http://{args.host}:{args.port}")
     launch(app, host=args.host, port=args.port, block=True)

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..utils.io import atomic_write
 from .prepare.voc import prepare_voc20
 
 __all__ = ["TOY_CLASSES", "generate_toy_voc"]
@@ -118,16 +119,14 @@ def generate_toy_voc(
             jpg = os.path.join(dirs["JPEGImages"], image_id + ".jpg")
             png = os.path.join(dirs["SegmentationClass"], image_id + ".png")
             if not os.path.isfile(jpg):
-                Image.fromarray(img).save(jpg + ".tmp.jpg", quality=95)
-                os.replace(jpg + ".tmp.jpg", jpg)
+                with atomic_write(jpg, fsync=False) as f:
+                    Image.fromarray(img).save(f, format="JPEG", quality=95)
             if not os.path.isfile(png):
                 lab = Image.fromarray(label, mode="P")
                 lab.putpalette(palette)
-                lab.save(png + ".tmp.png")
-                os.replace(png + ".tmp.png", png)
-        list_path = os.path.join(sets_dir, f"{split}.txt")
-        with open(list_path + ".tmp", "w") as f:
+                with atomic_write(png, fsync=False) as f:
+                    lab.save(f, format="PNG")
+        with atomic_write(os.path.join(sets_dir, f"{split}.txt"), "w") as f:
             f.write("\n".join(ids) + "\n")
-        os.replace(list_path + ".tmp", list_path)
     prepare_voc20(voc_root, splits=tuple(splits), progress=False)
     return voc_root

@@ -2,10 +2,16 @@
 
 import argparse
 import functools
+import logging
 import sys
 from typing import FrozenSet, List, Optional, Sequence, Tuple
 
-__all__ = ["split_config_overrides", "add_config_arguments", "load_cfg", "fail"]
+from ..utils.cli import add_debug_argument, report_error
+from ..utils.errors import ConfigError
+
+__all__ = ["split_config_overrides", "add_config_arguments", "config_parser", "load_cfg", "fail"]
+
+logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
@@ -30,26 +36,18 @@ def config_keys() -> FrozenSet[str]:
 
 
 def split_config_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """Split ``argv`` into ``(arguments, KEY VALUE overrides)``.
-
-    Overrides start at ``--opts`` or at the first token that is a config key (``MODEL.WEIGHTS``,
-    ``OUTPUT_DIR``...), so that they may follow a list option: ``--class-names cat dog
-    MODEL.WEIGHTS m.pth`` gives class names ``cat dog`` and overrides ``MODEL.WEIGHTS m.pth``.
-    (A class name spelled exactly like a config key, e.g. ``SEED``, is therefore read as one.)
-    """
+    """Split ``argv`` into ``(arguments, KEY VALUE overrides)``: the overrides are everything
+    after ``--opts`` (as in detectron2's demo), so any word can be a class name."""
     argv = list(argv)
-    keys = config_keys()
-    for i, tok in enumerate(argv):
-        if tok == "--opts":
-            return argv[:i], argv[i + 1 :]
-        if tok in keys:
-            return argv[:i], argv[i:]
+    if "--opts" in argv:
+        i = argv.index("--opts")
+        return argv[:i], argv[i + 1 :]
     return argv, []
 
 
 def config_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """A tool's parser: description and epilog from its module docstring ``doc``, plus
-    ``--config-file`` and ``--opts`` (``add_config_arguments``)."""
+    ``--config-file``, ``--opts`` (``add_config_arguments``) and ``--debug``."""
     lines = doc.splitlines()
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -58,6 +56,7 @@ def config_parser(prog: str, doc: str) -> argparse.ArgumentParser:
         epilog="\n".join(lines[1:]),
     )
     add_config_arguments(parser)
+    add_debug_argument(parser)
     return parser
 
 
@@ -68,13 +67,34 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         nargs=argparse.REMAINDER,
         default=[],
         metavar="KEY VALUE",
-        help="config overrides, e.g. MODEL.WEIGHTS out/model_final.pth (the KEY VALUE pairs may "
-        "also simply trail the other arguments)",
+        help="config overrides, last on the command line: --opts MODEL.WEIGHTS "
+        "out/model_final.pth",
     )
 
 
+def _check_no_overrides_in(name: str, values: Optional[Sequence[str]]) -> None:
+    """A dotted config key in a list option (``--class-names cat MODEL.WEIGHTS m.pth``) is an
+    override given without ``--opts``: an error rather than a class called "MODEL.WEIGHTS"."""
+    keys = config_keys()
+    for v in values or ():
+        if isinstance(v, str) and v in keys:
+            if "." in v:
+                raise ConfigError(
+                    f"{name}: {v!r} is a config key; config overrides go last, after --opts "
+                    f"(... --opts {v} VALUE)"
+                )
+            logger.warning(
+                f"{name}: {v!r} is used as a name, though it is also a config key (config "
+                "overrides go after --opts)"
+            )
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None):
-    """``parser.parse_args`` with trailing ``KEY VALUE`` overrides collected into ``args.opts``."""
+    """``parser.parse_args`` with the ``KEY VALUE`` overrides after ``--opts`` in ``args.opts``.
+
+    Raises:
+        ConfigError: a list option holds a dotted config key (an override without ``--opts``).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     args_part, opts = split_config_overrides(argv)
     args = parser.parse_args(args_part)
@@ -84,6 +104,13 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
     return args
 
 
+def check_list_options(args, *names: str) -> None:
+    """``_check_no_overrides_in`` for the list options ``names`` of ``args`` (e.g.
+    ``"class_names"``); call it inside the tool's error handling."""
+    for name in names:
+        _check_no_overrides_in("--" + name.replace("_", "-"), getattr(args, name, None))
+
+
 def load_cfg(args):
     """The config of ``args.config_file`` + ``args.opts`` (errors name the file or the key)."""
     from clipdistill.engine.setup import get_clipdistill_cfg
@@ -91,17 +118,6 @@ def load_cfg(args):
     return get_clipdistill_cfg(args.config_file, args.opts)
 
 
-#: errors a tool reports as a one-line message (bad config key, missing file, bad vocabulary,
-#: mismatching checkpoint: ``CheckpointMismatchError`` is a ``ValueError``)
-USER_ERRORS = (FileNotFoundError, KeyError, ValueError)
-
-
 def fail(prog: str, error, code: int = 2) -> int:
-    """Print ``prog: error: <message>`` to stderr (no traceback) and return ``code``.
-
-    ``error`` is a message or an exception (a ``KeyError``'s message is shown without quotes).
-    """
-    if isinstance(error, KeyError) and error.args:
-        error = error.args[0]
-    print(f"{prog}: error: {error}", file=sys.stderr)
-    return code
+    """Print ``prog: error: <message>`` to stderr (no traceback) and return ``code``."""
+    return report_error(prog, error, code)

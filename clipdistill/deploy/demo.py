@@ -14,15 +14,16 @@ and ``classes.json`` (the vocabulary, its colours and the index of each class). 
 """
 
 import glob
-import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
+from ..utils.errors import OutputError
+from ..utils.io import atomic_path, atomic_save_json, atomic_write, ensure_writable_dir
 from ..utils.visualize import label_map_image
 from .predictor import SegPredictor, SegResult, read_image_rgb
 
@@ -94,9 +95,8 @@ def _unique_stems(files: Sequence[str]) -> List[str]:
 
 
 def _save_atomic(image: Image.Image, path: str) -> None:
-    tmp = path + ".tmp" + os.path.splitext(path)[1]
-    image.save(tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        image.save(f, format="PNG")
 
 
 @dataclass
@@ -106,6 +106,9 @@ class DemoReport:
     done: List[str] = field(default_factory=list)
     failed: List[Tuple[str, str]] = field(default_factory=list)
     outputs: List[str] = field(default_factory=list)
+    #: the error that stopped the run (an output could not be written: full disk, read-only
+    #: folder); ``done`` lists what was finished before it
+    stopped: Optional[OutputError] = None
 
     @property
     def total(self) -> int:
@@ -120,22 +123,30 @@ def write_image_outputs(
     stem: str,
     alpha: float = 0.5,
 ) -> List[str]:
-    """Write the label map, the overlay and (when ``result.scores`` is set) the score maps."""
+    """Write the label map, the overlay and (when ``result.scores`` is set) the score maps.
+    All or nothing: when one cannot be written, the others of this image are removed."""
     paths = []
-    label_path = os.path.join(output_dir, f"{stem}_label.png")
-    _save_atomic(label_map_image(result.label, predictor.colors), label_path)
-    paths.append(label_path)
-    overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
-    _save_atomic(Image.fromarray(predictor.overlay(image, result, alpha)), overlay_path)
-    paths.append(overlay_path)
-    if result.scores is not None:
-        scores_path = os.path.join(output_dir, f"{stem}_scores.npz")
-        tmp = scores_path + ".tmp.npz"
-        np.savez_compressed(
-            tmp, scores=result.scores.astype(np.float16), class_names=np.array(result.class_names)
-        )
-        os.replace(tmp, scores_path)
-        paths.append(scores_path)
+    try:
+        label_path = os.path.join(output_dir, f"{stem}_label.png")
+        _save_atomic(label_map_image(result.label, predictor.colors), label_path)
+        paths.append(label_path)
+        overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
+        _save_atomic(Image.fromarray(predictor.overlay(image, result, alpha)), overlay_path)
+        paths.append(overlay_path)
+        if result.scores is not None:
+            scores_path = os.path.join(output_dir, f"{stem}_scores.npz")
+            with atomic_write(scores_path) as f:
+                np.savez_compressed(
+                    f,
+                    scores=result.scores.astype(np.float16),
+                    class_names=np.array(result.class_names),
+                )
+            paths.append(scores_path)
+    except BaseException:
+        for p in paths:
+            if os.path.exists(p):
+                os.remove(p)
+        raise
     return paths
 
 
@@ -146,9 +157,7 @@ def write_vocabulary(predictor: SegPredictor, output_dir: str) -> str:
         "colors": predictor.colors.tolist(),
         "label_png": "pixel value = index into class_names; 255 (65535 if > 255 classes) = none",
     }
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(path + ".tmp", path)
+    atomic_save_json(path, data)
     return path
 
 
@@ -192,8 +201,6 @@ def segment_video(
         raise OSError(f"{path}: cannot open the video")
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     n_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    writer = None
-    tmp = output_path + ".tmp" + os.path.splitext(output_path)[1]
     count = 0
 
     def frames():
@@ -204,27 +211,41 @@ def segment_video(
             yield None, np.ascontiguousarray(frame[:, :, ::-1])  # BGR -> RGB
 
     try:
-        bar = tqdm(total=n_frames, desc=os.path.basename(path), unit="frame", disable=not progress)
-        for _, image, result in predictor.predict_batches(frames(), batch_size):
-            if writer is None:
-                h, w = image.shape[:2]
-                writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                if not writer.isOpened():
-                    raise OSError(f"{output_path}: cannot write a video (OpenCV mp4v)")
-            writer.write(np.ascontiguousarray(predictor.overlay(image, result, alpha)[:, :, ::-1]))
-            count += 1
-            bar.update(1)
-        bar.close()
+        # the container is picked from the extension: the temporary name keeps it
+        with atomic_path(output_path, keep_extension=True) as tmp:
+            writer = None
+            try:
+                bar = tqdm(
+                    total=n_frames, desc=os.path.basename(path), unit="frame", disable=not progress
+                )
+                for _, image, result in predictor.predict_batches(frames(), batch_size):
+                    if writer is None:
+                        h, w = image.shape[:2]
+                        fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                        writer = cv2.VideoWriter(tmp, fourcc, fps, (w, h))
+                        if not writer.isOpened():
+                            raise OutputError(
+                                0, f"cannot write {output_path}: OpenCV's mp4v writer failed"
+                            )
+                    overlay = predictor.overlay(image, result, alpha)
+                    writer.write(np.ascontiguousarray(overlay[:, :, ::-1]))
+                    count += 1
+                    bar.update(1)
+                bar.close()
+            finally:
+                if writer is not None:
+                    writer.release()
+            if count == 0:
+                raise _NoFrames()
+    except _NoFrames:
+        raise OSError(f"{path}: no frame could be read (not a video, or an empty one)") from None
     finally:
         cap.release()
-        if writer is not None:
-            writer.release()
-    if count == 0:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise OSError(f"{path}: no frame could be read (not a video, or an empty one)")
-    os.replace(tmp, output_path)
     return count
+
+
+class _NoFrames(Exception):
+    pass
 
 
 def run_demo(
@@ -239,9 +260,12 @@ def run_demo(
     """Segment ``inputs`` (files, globs, folders; images and videos) into ``output_dir``.
 
     Unreadable or missing inputs are logged by name and skipped; the returned report lists them.
-    """
-    from tqdm import tqdm
+    An output that cannot be written (full disk...) stops the run: ``report.stopped`` holds the
+    error, ``report.done`` what was finished; no partial output is left.
 
+    Raises:
+        OutputError: ``output_dir`` cannot be created or written.
+    """
     report = DemoReport()
     files, missing = expand_inputs(inputs)
     for arg, why in missing:
@@ -249,26 +273,43 @@ def run_demo(
         report.failed.append((arg, why))
     if not files:
         return report
-    os.makedirs(output_dir, exist_ok=True)
-    report.outputs.append(write_vocabulary(predictor, output_dir))
+    ensure_writable_dir(output_dir, "output folder")
+    try:
+        report.outputs.append(write_vocabulary(predictor, output_dir))
+        _segment_all(predictor, files, output_dir, batch_size, save_scores, alpha, progress, report)
+    except OutputError as e:  # full disk, read-only folder: every later write would fail too
+        logger.error(f"Stopped: {e}")
+        report.stopped = e
+    return report
+
+
+def _segment_all(predictor, files, output_dir, batch_size, save_scores, alpha, progress, report):
+    from tqdm import tqdm
+
     stems = _unique_stems(files)
     videos = [(f, s) for f, s in zip(files, stems) if is_video(f)]
     images = [(f, s) for f, s in zip(files, stems) if not is_video(f)]
     if images:
         stream = _readable_images([f for f, _ in images], [s for _, s in images], report)
         bar = tqdm(total=len(images), desc="segmenting", unit="image", disable=not progress)
-        for (path, stem), image, result in predictor.predict_batches(
-            stream, batch_size, scores=save_scores
-        ):
-            report.outputs += write_image_outputs(predictor, image, result, output_dir, stem, alpha)
-            report.done.append(path)
-            bar.update(1)
-        bar.update(len(images) - bar.n)
-        bar.close()
+        try:
+            for (path, stem), image, result in predictor.predict_batches(
+                stream, batch_size, scores=save_scores
+            ):
+                report.outputs += write_image_outputs(
+                    predictor, image, result, output_dir, stem, alpha
+                )
+                report.done.append(path)
+                bar.update(1)
+            bar.update(len(images) - bar.n)
+        finally:
+            bar.close()
     for path, stem in videos:
         out = os.path.join(output_dir, f"{stem}_overlay.mp4")
         try:
             n = segment_video(predictor, path, out, batch_size, alpha, progress)
+        except OutputError:
+            raise
         except OSError as e:
             why = _reason(e, path)
             logger.error(f"Skipping {path}: {why}")
@@ -277,4 +318,3 @@ def run_demo(
         logger.info(f"{path}: {n} frames -> {out}")
         report.outputs.append(out)
         report.done.append(path)
-    return report

@@ -15,9 +15,7 @@ dynamic in both exports.
 """
 
 import copy
-import json
 import logging
-import os
 import statistics
 import time
 import warnings
@@ -30,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..modeling.clip.text import check_class_names
+from ..utils.io import atomic_path, atomic_save_json
 
 __all__ = [
     "ExportableSegmenter",
@@ -135,12 +134,13 @@ def export_torchscript(module: ExportableSegmenter, path: str, example: torch.Te
     _warm_up(module, example)
     ctx = _quiet_export()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), atomic_path(path) as tmp:
             traced = torch.jit.trace(module, example, check_trace=False)
             frozen = torch.jit.freeze(traced.eval(), preserved_attrs=["text_embeddings"])
     finally:
         ctx.__exit__(None, None, None)
-    frozen.save(path)
+    with atomic_path(path) as tmp:
+        frozen.save(tmp)
     return frozen
 
 
@@ -176,12 +176,12 @@ def export_onnx(
     _warm_up(module, example)
     ctx = _quiet_export()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), atomic_path(path) as tmp:
             if exporter == "torchscript":
                 torch.onnx.export(
                     module,
                     (example,),
-                    path,
+                    tmp,
                     dynamo=False,
                     opset_version=opset,
                     input_names=["image"],
@@ -200,7 +200,7 @@ def export_onnx(
                     dynamic_shapes={"image": dims},
                     verbose=False,
                 )
-                prog.save(path)
+                prog.save(tmp)
             else:
                 raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
     finally:
@@ -331,7 +331,5 @@ def write_vocabulary_file(module: ExportableSegmenter, path: str, extra: Optiona
         "test-time mapper does",
     }
     data.update(extra or {})
-    with open(path + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(path + ".tmp", path)
+    atomic_save_json(path, data)
     return path

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from detectron2.data import MetadataCatalog
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
@@ -42,13 +41,21 @@ def parse_class_names(text: str) -> List[str]:
 
 
 def read_image_rgb(path: str) -> np.ndarray:
-    """Read an image file as uint8 RGB ``[H, W, 3]`` (EXIF orientation applied).
+    """Read an image file as uint8 RGB ``[H, W, 3]`` (EXIF orientation applied; 16-bit images
+    scaled to 8 bits, see ``to_rgb_uint8``).
 
     Raises:
         OSError: the file is missing or is not a readable image (the message names the file).
     """
+    from PIL import Image, ImageOps
+
     try:
-        image = utils.read_image(path, format="RGB")
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                image = np.asarray(im)  # 16/32-bit greyscale: scaled below, not clamped
+            else:
+                image = np.asarray(im.convert("RGB"))
     except FileNotFoundError as e:
         raise OSError(f"{path}: no such file") from e
     except Exception as e:  # PIL raises several types for damaged or non-image files
@@ -56,23 +63,45 @@ def read_image_rgb(path: str) -> np.ndarray:
     return to_rgb_uint8(image, path)
 
 
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """Scale any numeric image to uint8: floats in [0, 1] x 255 (else clipped to 0..255);
+    uint16 (and integers above 255) / 257, so that 65535 -> 255 (16-bit PNG/TIFF)."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.bool_:
+        return image.astype(np.uint8) * 255
+    if np.issubdtype(image.dtype, np.floating):
+        image = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        if image.size and image.max() <= 1.0:
+            image = image * 255.0
+        return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.integer):
+        hi = int(image.max()) if image.size else 0
+        if image.dtype == np.uint16 or 255 < hi <= 65535:
+            scaled = image.astype(np.float32) / 257.0
+        elif hi > 65535:  # 32-bit data: stretch to its own range
+            scaled = image.astype(np.float32) * (255.0 / hi)
+        else:
+            scaled = image.astype(np.float32)
+        return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+    raise ValueError(f"unsupported image dtype {image.dtype}")
+
+
 def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Greyscale / RGBA / RGB array -> contiguous uint8 RGB ``[H, W, 3]``."""
+    """Greyscale / RGBA / RGB array of any numeric dtype -> contiguous uint8 RGB ``[H, W, 3]``
+    (``_to_uint8``: a 16-bit image is scaled, not clamped to white)."""
     image = np.asarray(image)
     if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
+        image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
         raise ValueError(
             f"{name}: expected an image [H, W, 3], got an array of shape {image.shape}"
         )
+    if image.shape[2] == 4:
+        image = image[:, :, :3]
+    image = _to_uint8(image)
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
-    elif image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image.dtype != np.uint8:
-        if np.issubdtype(image.dtype, np.floating) and image.size and image.max() <= 1.0:
-            image = image * 255.0
-        image = np.clip(image, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(image)
 
 

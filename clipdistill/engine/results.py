@@ -1,12 +1,13 @@
 """One table for an evaluation over several datasets: printed, and written as JSON and CSV."""
 
 import csv
-import json
 import os
 from typing import Dict, List
 
 import detectron2
 from tabulate import tabulate
+
+from ..utils.io import atomic_save_json, atomic_write
 
 __all__ = ["summarize_results", "write_results"]
 
@@ -28,17 +29,12 @@ def write_results(rows: List[Dict], output_dir: str) -> str:
     after v0.6, see docs)."""
     os.makedirs(output_dir, exist_ok=True)
     payload = {"detectron2_version": detectron2.__version__, "results": rows}
-    path = os.path.join(output_dir, "results.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(path + ".tmp", path)
-    path = os.path.join(output_dir, "results.csv")
-    with open(path + ".tmp", "w", newline="") as f:
+    atomic_save_json(os.path.join(output_dir, "results.json"), payload, indent=2)
+    with atomic_write(os.path.join(output_dir, "results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["dataset", *METRICS])
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
-    os.replace(path + ".tmp", path)
     return tabulate(
         [[r["dataset"], *(f"{r[m]:.2f}" for m in METRICS)] for r in rows],
         headers=["dataset", *METRICS],

@@ -11,6 +11,9 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_clipdistill_config
+from ..utils.errors import ConfigError, ConfigKeyError
+from ..utils.io import ensure_writable_dir
+from .validate import validate_config
 
 __all__ = ["get_clipdistill_cfg", "setup"]
 
@@ -22,32 +25,64 @@ def _yacs_message(e: Exception) -> str:
     return msg
 
 
-def get_clipdistill_cfg(config_file: str = "", opts=()) -> CfgNode:
-    """detectron2 defaults + clipdistill keys + ``config_file`` + ``opts``; an unknown key is an
-    error naming the key. ``MODEL.DEVICE: cuda`` falls back to ``cpu`` without a GPU (logged)."""
+def _merge_file(cfg: CfgNode, config_file: str) -> None:
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"Config file {config_file} does not exist")
+    try:
+        cfg.merge_from_file(config_file)
+    except (AssertionError, KeyError) as e:  # yacs reports unknown keys with assert
+        raise ConfigKeyError(f"{config_file}: {_yacs_message(e)}") from e
+    except OSError as e:  # a missing _BASE_ file, an unreadable file
+        raise ConfigError(f"{config_file}: {e}") from e
+    except Exception as e:  # YAML syntax, a non-mapping document, a value of the wrong type
+        raise ConfigError(f"{config_file}: not a valid config ({type(e).__name__}: {e})") from e
+
+
+def _merge_list(cfg: CfgNode, opts) -> None:
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(
+            f"config overrides must be KEY VALUE pairs; the last one, {opts[-1]!r}, has no value "
+            f"({len(opts)} items)"
+        )
+    for key, value in zip(opts[0::2], opts[1::2]):
+        try:
+            cfg.merge_from_list([key, value])
+        except (AssertionError, KeyError) as e:
+            raise ConfigKeyError(f"command-line override {key} {value}: {_yacs_message(e)}") from e
+        except Exception as e:  # type mismatch, a value that does not parse
+            raise ConfigError(f"command-line override {key} {value}: {_yacs_message(e)}") from e
+
+
+def get_clipdistill_cfg(config_file: str = "", opts=(), validate: bool = True) -> CfgNode:
+    """detectron2 defaults + clipdistill keys + ``config_file`` + ``opts``, validated
+    (``clipdistill.engine.validate``). An unknown key, a value of the wrong type or a value that
+    cannot work is a ``ConfigError`` naming the key. ``MODEL.DEVICE: cuda`` falls back to ``cpu``
+    without a GPU (logged)."""
     cfg = get_cfg()
     add_clipdistill_config(cfg)
     if config_file:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"Config file {config_file} does not exist")
-        try:
-            cfg.merge_from_file(config_file)
-        except (AssertionError, KeyError) as e:  # yacs reports unknown keys with assert
-            raise KeyError(f"{config_file}: {_yacs_message(e)}") from e
-    try:
-        cfg.merge_from_list(list(opts))
-    except (AssertionError, KeyError, ValueError) as e:
-        raise KeyError(f"command-line override {list(opts)}: {_yacs_message(e)}") from e
+        _merge_file(cfg, config_file)
+    _merge_list(cfg, opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).warning("No CUDA device: MODEL.DEVICE cuda -> cpu")
         cfg.MODEL.DEVICE = "cpu"
+    if validate:
+        validate_config(cfg)
     return cfg
 
 
 def setup(args) -> CfgNode:
-    """``default_argument_parser`` args -> frozen cfg, with detectron2's ``default_setup``."""
-    cfg = get_clipdistill_cfg(args.config_file, args.opts)
+    """``default_argument_parser`` args -> frozen, validated cfg, with detectron2's
+    ``default_setup``. Training keys are checked too unless ``args.eval_only``; ``OUTPUT_DIR``
+    must be writable."""
+    cfg = get_clipdistill_cfg(args.config_file, args.opts, validate=False)
+    validate_config(
+        cfg, training=not getattr(args, "eval_only", False), world_size=comm.get_world_size()
+    )
     cfg.freeze()
+    if comm.is_main_process():
+        ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="clipdistill")
     return cfg

@@ -4,13 +4,13 @@ Work is split in shards of ``SHARD_SIZE`` images; process ``r`` of ``N`` handles
 ``r, r + N, r + 2N, ...`` (``tools/cache_teacher.py --num-gpus N`` starts them with detectron2's
 ``launch``). A shard is written to a temporary name, checksummed and renamed, then marked done
 with a ``.sha256`` file; an interrupted build resumes without recomputing finished shards, and a
-shard whose bytes no longer match its marker is recomputed.
+shard whose bytes no longer match its marker, or one holding an image whose content changed since
+(size, time, sha256 recorded per image), is recomputed.
 """
 
 import glob
 import logging
 import os
-import tempfile
 import time
 from typing import Dict, List, Optional
 
@@ -22,20 +22,24 @@ from detectron2.data import DatasetCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.utils import comm
 
+from ..utils.errors import DataError
 from .geometry import dense_grid_size
+from ..utils.io import atomic_path, atomic_save_json, atomic_write, remove_stale_temps
 from .store import (
     FORMAT_NAME,
     MANIFEST,
     TeacherCacheError,
+    UnreadableManifestError,
     cache_key,
+    changed_images,
     check_key,
     dataset_cache_dir,
-    default_file_mode,
+    describe_changed,
+    image_fingerprint,
     image_key,
     read_manifest,
     sha256_file,
     shard_name,
-    write_json_atomic,
 )
 
 __all__ = ["build_teacher_cache", "teacher_targets_for_image", "resize_for_teacher"]
@@ -80,9 +84,42 @@ class _ShardImages(torch.utils.data.Dataset):
         return len(self.dicts)
 
     def __getitem__(self, i):
-        d = self.dicts[i]
-        img = utils.read_image(d["file_name"], format=self.image_format)
-        return torch.as_tensor(img.transpose(2, 0, 1).copy())
+        """``(image [3, H, W] uint8, [size, mtime_ns, sha256] of its file)``."""
+        path = self.dicts[i]["file_name"]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            fingerprint = image_fingerprint(path, data)
+            img = utils.read_image(path, format=self.image_format)
+        except OSError as e:
+            raise DataError(f"Cannot read image {path}: {e}") from e
+        except Exception as e:  # PIL raises several types for damaged files
+            raise DataError(f"Cannot read image {path}: {type(e).__name__}: {e}") from e
+        return torch.as_tensor(img.transpose(2, 0, 1).copy()), fingerprint
+
+
+def _shard_fingerprints(path: str) -> Optional[List]:
+    """The ``[size, mtime_ns, sha256]`` per image recorded in a shard's metadata."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    text = meta.get("image_files")
+    if text is None:
+        return None
+    out = []
+    for item in text.split(";"):
+        size, mtime, digest = item.split(":")
+        out.append([int(size), int(mtime), digest])
+    return out
+
+
+def _shard_images_changed(path: str, part: List[dict]) -> list:
+    """``[(file, why)]`` of the images of a finished shard that changed since it was written."""
+    recorded = _shard_fingerprints(path)
+    if recorded is None or len(recorded) != len(part):
+        return [(path, "no image fingerprints in the shard")]
+    return changed_images(part, recorded)
 
 
 def _shard_done(path: str) -> bool:
@@ -101,25 +138,11 @@ def _shard_done(path: str) -> bool:
 
 def _write_shard(path: str, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> str:
     """Write a shard under a temporary name, checksum it, rename it, then write its marker."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
         digest = sha256_file(tmp)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".sha256", dir=directory)
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(path + ".sha256", "w") as f:
         f.write(f"{digest}  {os.path.basename(path)}\n")
-    os.chmod(tmp, default_file_mode())
-    os.replace(tmp, path + ".sha256")
     return digest
 
 
@@ -149,13 +172,19 @@ def _plan(key: dict, dicts: List[dict], shard_size: int, teacher) -> dict:
 def _prepare_dir(cache_dir: str, key: dict, plan: dict, overwrite: bool) -> None:
     """Rank 0: create the folder and the (incomplete) manifest, or check the existing one."""
     os.makedirs(cache_dir, exist_ok=True)
-    manifest = read_manifest(cache_dir)
+    try:
+        manifest = read_manifest(cache_dir)
+    except UnreadableManifestError:
+        if not overwrite:
+            raise
+        logger.warning(f"--overwrite: rebuilding the teacher cache in {cache_dir}.")
+        _remove_shards(cache_dir)
+        manifest = None
     if manifest is not None:
         same = manifest.get("key") == key and manifest.get("shard_size") == plan["shard_size"]
         if not same and overwrite:
             logger.warning(f"--overwrite: removing the stale teacher cache in {cache_dir}.")
-            for p in glob.glob(os.path.join(cache_dir, "shard-*")):
-                os.remove(p)
+            _remove_shards(cache_dir)
             manifest = None
         elif manifest.get("key") != key:
             check_key(cache_dir, manifest.get("key", {}), key)
@@ -166,7 +195,12 @@ def _prepare_dir(cache_dir: str, key: dict, plan: dict, overwrite: bool) -> None
                 "MODEL.CLIPDISTILL.TEACHER_CACHE.SHARD_SIZE or build with --overwrite."
             )
     if manifest is None:
-        write_json_atomic(os.path.join(cache_dir, MANIFEST), plan)
+        atomic_save_json(os.path.join(cache_dir, MANIFEST), plan)
+
+
+def _remove_shards(cache_dir: str) -> None:
+    for p in glob.glob(os.path.join(cache_dir, "shard-*")):
+        os.remove(p)
 
 
 def build_teacher_cache(
@@ -228,27 +262,35 @@ def build_teacher_cache(
     computed, skipped = [], []
     for s in range(rank, num_shards, world):
         path = os.path.join(cache_dir, shard_name(s, num_shards))
-        if _shard_done(path):
-            skipped.append(s)
-            logger.info(f"Teacher cache: shard {s + 1}/{num_shards} already finished, skipped.")
-            continue
         part = dicts[s * shard_size : (s + 1) * shard_size]
+        if _shard_done(path):
+            changed = _shard_images_changed(path, part)
+            if not changed:
+                skipped.append(s)
+                logger.info(f"Teacher cache: shard {s + 1}/{num_shards} already finished, skipped.")
+                continue
+            logger.warning(
+                f"Teacher cache: shard {s + 1}/{num_shards} is recomputed: "
+                f"{describe_changed(changed)}"
+            )
         loader = torch.utils.data.DataLoader(
             _ShardImages(part, cfg.INPUT.FORMAT),
             batch_size=None,
             num_workers=workers,
         )
         start = time.perf_counter()
-        globals_, tensors, sizes = [], {}, []
-        for j, image in enumerate(loader):
+        globals_, tensors, sizes, files = [], {}, [], []
+        for j, (image, fingerprint) in enumerate(loader):
             cg, td = teacher_targets_for_image(teacher, image, dense_side)
             globals_.append(cg.half().cpu())
             tensors[f"dense.{j}"] = td.half().cpu().contiguous()
             sizes.append([int(image.shape[-2]), int(image.shape[-1])])
+            files.append(":".join(str(v) for v in fingerprint))
         tensors["global"] = torch.stack(globals_).contiguous()
         meta = {
             "images": "\n".join(image_key(d) for d in part),
             "image_sizes": ";".join(f"{h}x{w}" for h, w in sizes),
+            "image_files": ";".join(files),
             "dataset": dataset_name,
         }
         _write_shard(path, tensors, meta)
@@ -271,6 +313,7 @@ def _finalize(cache_dir: str, manifest: dict) -> bool:
     from safetensors import safe_open
 
     sizes: List[List[int]] = []
+    files: List[List] = []
     for s in manifest["shards"]:
         path = os.path.join(cache_dir, s["file"])
         marker = path + ".sha256"
@@ -282,15 +325,16 @@ def _finalize(cache_dir: str, manifest: dict) -> bool:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata()
         sizes += [[int(v) for v in hw.split("x")] for hw in meta["image_sizes"].split(";")]
-    if len(sizes) != len(manifest["images"]):
+        files += _shard_fingerprints(path) or []
+    if len(sizes) != len(manifest["images"]) or len(files) != len(sizes):
         raise TeacherCacheError(
             f"Teacher cache {cache_dir}: shards hold {len(sizes)} images, the manifest lists "
             f"{len(manifest['images'])}."
         )
     manifest["image_sizes"] = sizes
+    manifest["image_files"] = files
     manifest["complete"] = True
-    write_json_atomic(os.path.join(cache_dir, MANIFEST), manifest)
-    for tmp in glob.glob(os.path.join(cache_dir, ".tmp-*")):  # left by interrupted writers
-        os.remove(tmp)
+    atomic_save_json(os.path.join(cache_dir, MANIFEST), manifest)
+    remove_stale_temps(cache_dir)  # left by interrupted writers
     logger.info(f"Teacher cache {cache_dir} complete: {len(sizes)} images.")
     return True

@@ -13,15 +13,15 @@ A shard holds ``global`` (``[n, C]``, the teacher's whole-image embedding ``Cg``
 the image keys and sizes.
 
 The cache is keyed by (teacher name, weights identity, input sizes, dense method, dataset name +
-image list);
-``check_key`` names every field that differs.
+image list); ``check_key`` names every field that differs. The images' contents are tracked too:
+the manifest records each image's size, modification time and sha256 (``image_files``), and
+opening a cache names the images that changed since it was built (``TeacherCache.check_images``).
 """
 
 import hashlib
 import json
 import logging
 import os
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -31,6 +31,8 @@ from detectron2.data import DatasetCatalog
 
 from ..data.datasets.common import datasets_root
 from ..modeling.clip.loader import sha256_file, weights_identity
+from ..utils.errors import UserError
+from ..utils.io import atomic_save_json
 
 __all__ = [
     "FORMAT_NAME",
@@ -46,8 +48,7 @@ __all__ = [
     "shard_name",
     "sha256_file",
     "read_manifest",
-    "write_json_atomic",
-    "default_file_mode",
+    "image_fingerprint",
     "check_key",
     "TeacherCache",
     "TeacherCacheSet",
@@ -57,17 +58,18 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "clipdistill-teacher-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-image content fingerprints (size, mtime, sha256)
 MANIFEST = "manifest.json"
 _KEY_DIR = "MODEL.CLIPDISTILL.TEACHER_CACHE.DIR"
 
 
-class TeacherCacheError(RuntimeError):
+class TeacherCacheError(UserError, RuntimeError):
     """A teacher cache is missing, incomplete or unusable."""
 
 
 class StaleTeacherCacheError(TeacherCacheError):
-    """The cache on disk was built for another teacher, input size or dataset."""
+    """The cache on disk was built for another teacher, input size or dataset, or images of the
+    dataset changed since."""
 
 
 class DamagedShardError(TeacherCacheError):
@@ -123,40 +125,76 @@ def shard_name(index: int, num_shards: int) -> str:
 
 
 # ---------------------------------------------------------------------------------- files
-def default_file_mode() -> int:
-    """Permissions of a newly created regular file under the current umask (``mkstemp`` creates
-    0600 files; the cache is meant to be shared like any dataset file)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """Write ``obj`` as JSON to a temporary file in the same folder, then rename it."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``obj`` as JSON atomically (``clipdistill.utils.io.atomic_save_json``)."""
+    atomic_save_json(path, obj)
+
+
+class UnreadableManifestError(TeacherCacheError):
+    """``manifest.json`` is truncated or not a manifest (``--overwrite`` rebuilds the cache)."""
 
 
 def read_manifest(cache_dir: str) -> Optional[dict]:
+    """The manifest of ``cache_dir``, or None when there is none.
+
+    Raises:
+        UnreadableManifestError: it is truncated, not JSON, or not a manifest.
+    """
     path = os.path.join(cache_dir, MANIFEST)
     if not os.path.isfile(path):
         return None
     try:
         with open(path) as f:
-            return json.load(f)
+            manifest = json.load(f)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("key"), dict):
+            raise ValueError("not a teacher-cache manifest")
     except (OSError, ValueError) as e:
-        raise TeacherCacheError(f"Teacher cache {cache_dir}: unreadable {MANIFEST} ({e}).") from e
+        raise UnreadableManifestError(
+            f"Teacher cache {cache_dir}: unreadable {path} ({e}); rebuild the cache with "
+            "tools/cache_teacher.py ... --overwrite"
+        ) from e
+    return manifest
+
+
+def image_fingerprint(path: str, data: Optional[bytes] = None) -> List:
+    """``[size in bytes, mtime in ns, sha256]`` of an image file (``data``: its bytes, when
+    already read)."""
+    st = os.stat(path)
+    if data is None:
+        digest = sha256_file(path)
+    else:
+        digest = hashlib.sha256(data).hexdigest()
+    return [int(st.st_size), int(st.st_mtime_ns), digest]
+
+
+def changed_images(dataset_dicts: Sequence[dict], recorded: Sequence) -> List[Tuple[str, str]]:
+    """``[(file, what changed)]`` of the images whose content differs from ``recorded``
+    fingerprints (same order). Size and modification time are compared first; a file with a new
+    time but the same size is re-hashed, so a mere ``touch`` (or a copy) is not a change."""
+    out = []
+    for d, rec in zip(dataset_dicts, recorded):
+        path = d["file_name"]
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append((path, "missing"))
+            continue
+        size, mtime, digest = rec
+        if st.st_size == size and st.st_mtime_ns == mtime:
+            continue
+        if st.st_size != size:
+            out.append((path, f"size {size} -> {st.st_size} bytes"))
+        elif sha256_file(path) != digest:
+            out.append((path, "content (sha256) changed"))
+    return out
+
+
+def describe_changed(changed: Sequence[Tuple[str, str]], limit: int = 5) -> str:
+    shown = ", ".join(f"{p} ({why})" for p, why in changed[:limit])
+    more = f" and {len(changed) - limit} more" if len(changed) > limit else ""
+    return f"{len(changed)} image(s) changed since the cache was built: {shown}{more}"
 
 
 def check_key(cache_dir: str, found: dict, expected: dict) -> None:
@@ -182,7 +220,15 @@ class TeacherCache:
     sha256 the first time a process opens them. Picklable (dataloader workers re-open shards).
     """
 
-    def __init__(self, cache_dir: str, expected_key: Optional[dict] = None, verify: bool = True):
+    def __init__(
+        self,
+        cache_dir: str,
+        expected_key: Optional[dict] = None,
+        verify: bool = True,
+        dataset_dicts: Optional[Sequence[dict]] = None,
+    ):
+        """Open the cache; with ``expected_key``, a cache built for anything else is an error;
+        with ``dataset_dicts``, so is an image that changed since (``check_images``)."""
         self.cache_dir = cache_dir
         self.verify = verify
         manifest = read_manifest(cache_dir)
@@ -216,7 +262,37 @@ class TeacherCache:
                     f"Teacher cache {cache_dir}: shard {path} listed in {MANIFEST} is missing. "
                     + rebuild_hint(name)
                 )
+        self.image_files = manifest.get("image_files")
         self._handles: Dict[int, object] = {}
+        if dataset_dicts is not None:
+            self.check_images(dataset_dicts)
+
+    def check_images(self, dataset_dicts: Optional[Sequence[dict]] = None) -> None:
+        """Raise ``StaleTeacherCacheError`` naming the images (of ``dataset_dicts``, default the
+        registered dataset's) whose size, time and content differ from the build's."""
+        if dataset_dicts is None:
+            dataset_dicts = DatasetCatalog.get(self.key["dataset"])
+        if not self.image_files or len(self.image_files) != len(self.images):
+            raise StaleTeacherCacheError(
+                f"Teacher cache {self.cache_dir} has no image fingerprints (built by an older "
+                "version): rebuild it with tools/cache_teacher.py ... --overwrite"
+            )
+        recorded = []
+        for d in dataset_dicts:
+            i = self.index.get(image_key(d))
+            if i is None:
+                raise StaleTeacherCacheError(
+                    f"Image {d['file_name']} is not in the teacher cache {self.cache_dir}. "
+                    + rebuild_hint(self.key.get("dataset", "?"))
+                )
+            recorded.append(self.image_files[i])
+        changed = changed_images(dataset_dicts, recorded)
+        if changed:
+            raise StaleTeacherCacheError(
+                f"Teacher cache {self.cache_dir} is stale: {describe_changed(changed)}. Re-run "
+                "tools/cache_teacher.py (same arguments): it recomputes the shards holding them. "
+                + rebuild_hint(self.key.get("dataset", "?"))
+            )
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -311,6 +387,11 @@ def open_teacher_caches(cfg, dataset_names: Sequence[str]) -> TeacherCacheSet:
     caches = []
     for name in dataset_names:
         directory = dataset_cache_dir(c.DIR, name)
-        caches.append(TeacherCache(directory, cache_key(cfg, name), verify=c.VERIFY))
+        dicts = DatasetCatalog.get(name)
+        caches.append(
+            TeacherCache(
+                directory, cache_key(cfg, name, dicts), verify=c.VERIFY, dataset_dicts=dicts
+            )
+        )
     need_dense = cfg.MODEL.CLIPDISTILL.LOSS.DENSE_WEIGHT > 0
     return TeacherCacheSet(caches, c.GLOBAL_TARGET, need_dense)

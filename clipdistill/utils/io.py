@@ -1,39 +1,185 @@
-"""Atomic file writes: the one place where clipdistill writes to a temporary name and renames."""
+"""Atomic file writes: the one way clipdistill writes an output file.
+
+Every output (checkpoint, manifest, shard, label map, overlay, results table...) is written to a
+temporary file in the destination folder and renamed over the final name with ``os.replace``, so a
+kill at any moment leaves either the old file or the new one, never a truncated one. On failure
+the temporary file is removed; a full disk or an unwritable folder raises :class:`OutputError`
+naming the file and its folder.
+
+Temporary names are ``.<final name>.<random>.tmp`` (plus the final extension when a library needs
+it, e.g. OpenCV's video writer): hidden, unique per writer (concurrent processes never share one),
+and recognised by :func:`is_temp_name` / :func:`remove_stale_temps`.
+"""
 
 import contextlib
+import errno
+import json
 import os
+import re
 import tempfile
-from typing import Iterator
+from typing import IO, Any, Iterator
 
-__all__ = ["atomic_write"]
+from .errors import OutputError
+
+__all__ = [
+    "atomic_write",
+    "atomic_path",
+    "atomic_save_json",
+    "default_file_mode",
+    "is_temp_name",
+    "remove_stale_temps",
+    "ensure_writable_dir",
+]
+
+# ours (".name.abc123.tmp", ".name.abc123.tmp.mp4"), and those of earlier versions (".name.tmp",
+# ".tmp-*")
+_TEMP_RE = re.compile(r"^\.(tmp-.+|.+\.tmp(\.[A-Za-z0-9]{1,8})?)$")
+
+#: errors of the storage rather than of the program: reported as ``OutputError`` naming the folder
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EFBIG: "file too large (file-size limit reached)",
+    errno.ENOTDIR: "a component of the path is not a folder",
+    errno.ENOENT: "the folder does not exist",
+}
+
+
+def default_file_mode() -> int:
+    """Permissions of a newly created regular file under the current umask (``mkstemp`` creates
+    0600 files; outputs are meant to be shared like any file the user writes)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the base name of a temporary file left by an atomic write."""
+    return bool(_TEMP_RE.match(name))
+
+
+def remove_stale_temps(folder: str) -> int:
+    """Delete the temporary files that interrupted writers left in ``folder``; returns how many.
+
+    Call it only when no other process writes into ``folder`` at the same time."""
+    if not os.path.isdir(folder):
+        return 0
+    n = 0
+    with os.scandir(folder) as it:
+        for entry in it:
+            if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(entry.path)
+                    n += 1
+    return n
+
+
+def _storage_error(e: OSError, path: str) -> OutputError:
+    folder = os.path.dirname(os.path.abspath(path))
+    why = _STORAGE_ERRNOS.get(e.errno, e.strerror or str(e))
+    return OutputError(e.errno, f"cannot write {path} (folder {folder}): {why}")
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover  (platforms without directory fds)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, suffix: str = "") -> Iterator[str]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
+def atomic_path(path: str, *, keep_extension: bool = False, fsync: bool = True) -> Iterator[str]:
+    """Yield a temporary file name next to ``path``; when the block succeeds, the file written
+    there replaces ``path`` atomically (after ``fsync``), else it is removed.
 
-    The temporary file lives in the same folder (so ``os.replace`` is a rename on one file
-    system), starts with ``.tmp-`` and keeps ``path``'s extension (writers that pick a format by
-    extension still work). On any exception the temporary file is removed and ``path`` is left as
-    it was: a reader never sees a half-written file. Parent folders are created.
+    For libraries that want a file name (``safetensors.torch.save_file``, ``cv2.VideoWriter``).
+    ``keep_extension`` ends the temporary name with ``path``'s extension (libraries that pick the
+    format from it). ``fsync=False`` skips the flush to disk (the file is still complete after a
+    kill; only a power loss could leave it short): for bulk outputs whose completeness is checked
+    on the next run.
 
-    Args:
-        path: the final file.
-        suffix: the temporary file's suffix; default: ``path``'s extension.
+    Raises:
+        OutputError: the folder is missing or read-only, the disk is full, ... (names the file).
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    if not suffix:
-        suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    suffix = ".tmp" + (os.path.splitext(base)[1] if keep_extension else "")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=suffix, dir=folder)
+    except OSError as e:
+        raise _storage_error(e, path) from e
     os.close(fd)
     try:
         yield tmp
-        # mkstemp creates 0600 files; give the result the permissions a normal write would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
+        if fsync:
+            _fsync_dir(folder)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            if e.errno in _STORAGE_ERRNOS:
+                raise _storage_error(e, path) from e
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(
+    path: str, mode: str = "wb", *, encoding: str = None, newline: str = None, fsync: bool = True
+) -> Iterator[IO[Any]]:
+    """Open ``path`` for writing atomically: ``with atomic_write(p, "w") as f: f.write(...)``.
+
+    The data go to a temporary file in the same folder, which replaces ``path`` (``os.replace``)
+    only when the block ends without an exception; on an exception it is removed and ``path`` is
+    untouched. ``mode`` is ``"wb"`` or ``"w"`` (text: ``encoding`` defaults to UTF-8).
+
+    Raises:
+        OutputError: the folder is missing or read-only, the disk is full, ... (names the file).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
+    if mode == "w" and encoding is None:
+        encoding = "utf-8"
+    with atomic_path(path, fsync=fsync) as tmp:
+        with open(tmp, mode, encoding=encoding, newline=newline) as f:
+            yield f
+            f.flush()
+
+
+def atomic_save_json(path: str, obj: Any, *, indent: int = 1, fsync: bool = True) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (:func:`atomic_write`)."""
+    with atomic_write(path, "w", fsync=fsync) as f:
+        json.dump(obj, f, indent=indent)
+
+
+def ensure_writable_dir(folder: str, what: str = "output folder") -> str:
+    """Create ``folder`` if needed and check that a file can be created in it.
+
+    Raises:
+        OutputError: it cannot be created or written (names ``what`` and the folder).
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        why = _STORAGE_ERRNOS.get(e.errno, e.strerror or str(e))
+        if e.errno == errno.EEXIST or (os.path.exists(folder) and not os.path.isdir(folder)):
+            why = "it exists and is not a folder"
+        raise OutputError(e.errno, f"cannot write to the {what} {folder}: {why}") from e
+    return folder

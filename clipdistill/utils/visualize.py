@@ -8,7 +8,9 @@ Label maps hold contiguous class indices ``0..K-1``; any other value (negative "
 the ignore label 255/65535, ...) is treated as unlabelled and never drawn.
 """
 
+import functools
 import json
+import logging
 import os
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -18,6 +20,9 @@ import pycocotools.mask as mask_util
 from PIL import Image, ImageDraw, ImageFont
 
 from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from .errors import ConfigError, ConfigKeyError, DataError
+from .io import atomic_write, ensure_writable_dir
 
 __all__ = [
     "load_sem_seg_predictions",
@@ -29,6 +34,7 @@ __all__ = [
     "overlay_with_legend",
     "classes_present",
     "render_prediction_file",
+    "font_for",
 ]
 
 
@@ -62,47 +68,58 @@ def load_sem_seg_predictions(
     """
     if not os.path.isfile(json_path):
         raise FileNotFoundError(f"Predictions file {json_path} does not exist")
-    with open(json_path) as f:
-        try:
-            records = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"Predictions file {json_path} is not valid JSON: {e}") from e
+    with open(json_path, "rb") as f:
+        data = f.read()
+    try:
+        records = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"Predictions file {json_path} is not valid JSON: {e}") from e
     if not isinstance(records, list):
-        raise ValueError(
+        raise DataError(
             f"Predictions file {json_path} holds a {type(records).__name__}, not the list of "
             f"records that SemSegEvaluator writes"
         )
     if not records:
-        raise ValueError(
+        raise DataError(
             f"Predictions file {json_path} holds no predictions (the evaluation saw no images?)"
         )
     mapping = None
     if id_to_contiguous is not None:
         mapping = {int(k): int(v) for k, v in id_to_contiguous.items()}
     by_file = defaultdict(list)
+    index = {}
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not {"file_name", "category_id", "segmentation"} <= set(r):
-            raise ValueError(
+            raise DataError(
                 f"{json_path}: record {i} is not a SemSegEvaluator prediction (needs file_name, "
                 f"category_id, segmentation): {str(r)[:200]}"
             )
         by_file[r["file_name"]].append(r)
+        index[id(r)] = i
     out = {}
     for file_name, recs in by_file.items():
         label = None
         for r in recs:
-            m = mask_util.decode(r["segmentation"]).astype(bool)
+            try:
+                m = mask_util.decode(r["segmentation"]).astype(bool)
+                cid = int(r["category_id"])
+                if m.ndim != 2:
+                    raise ValueError(f"decoded mask has shape {m.shape}")
+            except Exception as e:  # pycocotools raises several types for damaged RLE
+                raise DataError(
+                    f"{json_path}: record {index[id(r)]} (file_name {file_name}) has a damaged "
+                    f"segmentation or category_id ({type(e).__name__}: {e})"
+                ) from e
             if label is None:
                 label = np.full(m.shape, fill, dtype=np.int64)
             elif m.shape != label.shape:
-                raise ValueError(
+                raise DataError(
                     f"{json_path}: masks of {file_name} have different sizes {m.shape} and "
                     f"{label.shape}"
                 )
-            cid = int(r["category_id"])
             if mapping is not None:
                 if cid not in mapping:
-                    raise ValueError(
+                    raise DataError(
                         f"{json_path}: category_id {cid} of {file_name} is not in the dataset's "
                         f"stuff_dataset_id_to_contiguous_id (ids {min(mapping)}..{max(mapping)}); "
                         f"were these predictions made on another dataset?"
@@ -200,11 +217,99 @@ def classes_present(label: np.ndarray, num_classes: int) -> List[Tuple[int, int]
     return [(int(i), int(counts[i])) for i in order if counts[i] > 0]
 
 
-def _font(size: int):
+# ------------------------------------------------------------------------------------------------
+# fonts: Pillow's default font has Latin letters only; names in other scripts need another font
+# ------------------------------------------------------------------------------------------------
+#: a font file used first when set (any .ttf/.otf/.ttc)
+FONT_ENV = "CLIPDISTILL_FONT"
+#: fonts tried, in order, for characters the default font lacks: Noto CJK (Debian's
+#: fonts-noto-cjk, installed by scripts/install_fonts.sh) and other common CJK fonts, then DejaVu
+#: (Latin with accents, Greek, Cyrillic; also shipped with matplotlib)
+FONT_CANDIDATES = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+    "/System/Library/Fonts/PingFang.ttc",
+    "/System/Library/Fonts/Hiragino Sans GB.ttc",
+    "C:/Windows/Fonts/msyh.ttc",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+)
+_warned_glyphs = set()
+
+
+def _font_files() -> List[str]:
+    files = [os.environ[FONT_ENV]] if os.environ.get(FONT_ENV) else []
+    files += list(FONT_CANDIDATES)
     try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
-        return ImageFont.load_default()
+        import matplotlib
+
+        files.append(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"))
+    except ImportError:  # pragma: no cover
+        pass
+    return [f for f in files if os.path.isfile(f)]
+
+
+@functools.lru_cache(maxsize=32)
+def _load_font(path: str, size: int):
+    if not path:
+        try:
+            return ImageFont.load_default(size=size)
+        except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+            return ImageFont.load_default()
+    return ImageFont.truetype(path, size)
+
+
+def _glyph(font, ch: str):
+    mask = font.getmask(ch)
+    return mask.size, bytes(mask)
+
+
+@functools.lru_cache(maxsize=4096)
+def _has_glyph(path: str, ch: str) -> bool:
+    """Whether the font ``path`` ("" = Pillow's default) draws ``ch`` as something else than its
+    missing-glyph box (compared with a noncharacter, which no font maps)."""
+    if ch.isspace():
+        return True
+    font = _load_font(path, 16)
+    return _glyph(font, ch) != _glyph(font, "\uffff")
+
+
+def font_for(text: str, size: int):
+    """A font of ``size`` pixels that has glyphs for every character of ``text``.
+
+    Pillow's default font when it has them; else the first of ``$CLIPDISTILL_FONT`` and
+    ``FONT_CANDIDATES`` that does (e.g. Noto CJK for Chinese or Japanese class names); else the
+    one that misses the fewest, with a warning (once per set of characters) naming what to
+    install: the missing characters are drawn as boxes.
+    """
+    chars = sorted(set(text))
+    missing = [c for c in chars if not _has_glyph("", c)]
+    if not missing:
+        return _load_font("", size)
+    best, best_missing = "", missing
+    for path in _font_files():
+        try:
+            still = [c for c in missing if not _has_glyph(path, c)]
+        except OSError:  # unreadable font file
+            continue
+        if not still:
+            return _load_font(path, size)
+        if len(still) < len(best_missing):
+            best, best_missing = path, still
+    key = "".join(best_missing)
+    if key not in _warned_glyphs:
+        _warned_glyphs.add(key)
+        logging.getLogger(__name__).warning(
+            f"No installed font has glyphs for {key[:20]!r} (drawn as boxes): install a CJK font "
+            f"(Debian: apt-get install fonts-noto-cjk, or bash scripts/install_fonts.sh) or set "
+            f"{FONT_ENV}=/path/to/font.ttf"
+        )
+    return _load_font(best, size)
 
 
 def overlay_with_legend(
@@ -246,7 +351,6 @@ def overlay_with_legend(
     h, w = out.shape[:2]
     total = float(h * w)
     size = int(np.clip(min(h, w) / 22, 9, 28))
-    font = _font(size)
     pad = max(2, size // 4)
     row_h = size + pad
     fit = max(1, (h - 2 * pad) // row_h)
@@ -259,6 +363,7 @@ def overlay_with_legend(
     layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     texts = [t for _, t in rows] + ([f"+{more} more"] if more else [])
+    font = font_for("".join(texts), size)
     text_w = max(draw.textlength(t, font=font) for t in texts)
     panel_w = int(min(w, pad * 3 + size + text_w))
     panel_h = int(min(h, pad + row_h * len(texts)))
@@ -283,7 +388,7 @@ def _titled(panel: np.ndarray, title: str) -> np.ndarray:
     """``panel`` (same size) with ``title`` on a white box in its bottom-left corner."""
     h, w = panel.shape[:2]
     size = int(np.clip(min(h, w) / 14, 8, 20))
-    font = _font(size)
+    font = font_for(title, size)
     im = Image.fromarray(np.ascontiguousarray(panel))
     draw = ImageDraw.Draw(im)
     tw = draw.textlength(title, font=font)
@@ -328,13 +433,13 @@ def render_prediction_file(
 
     if dataset_name not in DatasetCatalog.list():
         close = [n for n in DatasetCatalog.list() if n.split("_")[0] in dataset_name]
-        raise KeyError(
+        raise ConfigKeyError(
             f"dataset {dataset_name!r} is not registered"
             + (f"; registered names like it: {sorted(close)[:10]}" if close else "")
         )
     meta = MetadataCatalog.get(dataset_name)
     if meta.get("stuff_classes", None) is None:
-        raise ValueError(f"dataset {dataset_name!r} has no stuff_classes (not a sem_seg dataset?)")
+        raise ConfigError(f"dataset {dataset_name!r} has no stuff_classes (not a sem_seg dataset?)")
     preds = load_sem_seg_predictions(json_path, meta.get("stuff_dataset_id_to_contiguous_id", None))
     records = DatasetCatalog.get(dataset_name)
     gt_files = {d["file_name"]: d.get("sem_seg_file_name") for d in records}
@@ -342,7 +447,7 @@ def render_prediction_file(
     items = sorted(preds.items())
     if limit > 0:
         items = items[:limit]
-    os.makedirs(output_dir, exist_ok=True)
+    ensure_writable_dir(output_dir, "--output folder")
     written, failed = [], []
     for file_name, pred in tqdm(items, desc="rendering", unit="image", disable=not progress):
         image_path = file_name
@@ -374,7 +479,7 @@ def render_prediction_file(
                     _titled(draw_sem_seg(image, gt, meta, min_area, alpha), "ground truth")
                 )
         out = os.path.join(output_dir, os.path.splitext(os.path.basename(file_name))[0] + ".png")
-        Image.fromarray(side_by_side(panels)).save(out + ".tmp.png")
-        os.replace(out + ".tmp.png", out)
+        with atomic_write(out) as f:
+            Image.fromarray(side_by_side(panels)).save(f, format="PNG")
         written.append(out)
     return written, failed

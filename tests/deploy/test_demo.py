@@ -203,20 +203,21 @@ def test_class_name_checks_and_override_splitting():
     for bad in ("", " , ", "cat,,dog", "cat, cat"):
         with pytest.raises(ValueError):
             parse_class_names(bad)
+    # overrides only after --opts: any word is a class name, even one spelled like a key
     args, opts = split_config_overrides(
-        ["--class-names", "cat", "potted plant", "MODEL.WEIGHTS", "m.pth", "INPUT.FORMAT", "RGB"]
+        ["--class-names", "SEED", "cat", "--opts", "MODEL.WEIGHTS", "m.pth", "INPUT.FORMAT", "RGB"]
     )
-    assert args == ["--class-names", "cat", "potted plant"]
+    assert args == ["--class-names", "SEED", "cat"]
     assert opts == ["MODEL.WEIGHTS", "m.pth", "INPUT.FORMAT", "RGB"]
-    assert split_config_overrides(["--input", "a", "--opts", "X.Y", "1"]) == (
-        ["--input", "a"],
-        ["X.Y", "1"],
+    assert split_config_overrides(["--class-names", "SEED", "cat"]) == (
+        ["--class-names", "SEED", "cat"],
+        [],
     )
 
 
 def test_demo_command_line(tmp_path, images, tiny_opts):
-    """The real command: trailing KEY VALUE overrides after a list of class names (one a phrase),
-    a missing input reported by name."""
+    """The real command: KEY VALUE overrides after --opts, following a list of class names (one a
+    phrase), a missing input reported by name."""
     out = tmp_path / "out"
     missing = str(tmp_path / "nope.jpg")
     proc = subprocess.run(

@@ -19,6 +19,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.projects.point_rend import ColorAugSSDTransform
 
+from ...utils.errors import ConfigError, DataError
+
 __all__ = ["SemSegDatasetMapper", "build_sem_seg_augmentation", "read_sem_seg_label"]
 
 
@@ -36,13 +38,21 @@ def build_sem_seg_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
     return augs
 
 
+class UnreadableFileError(DataError, OSError):
+    """An image or label file that is missing or cannot be decoded (names the file)."""
+
+
 def read_sem_seg_label(path: str) -> np.ndarray:
-    """Read a label map without any mode conversion (uint8 PNG or uint16 TIFF)."""
+    """Read a label map without any mode conversion (uint8 PNG or uint16 TIFF).
+
+    Raises:
+        UnreadableFileError (an ``OSError``): missing, truncated or not an image; names the file.
+    """
     try:
         with Image.open(path) as im:
             return np.asarray(im).copy()
     except Exception as e:  # PIL raises several exception types for damaged files
-        raise OSError(f"Cannot read label map {path}: {e}") from e
+        raise UnreadableFileError(f"Cannot read label map {path}: {e}") from e
 
 
 class SemSegDatasetMapper:
@@ -87,7 +97,7 @@ class SemSegDatasetMapper:
                 only when needed (``loss_dense`` on, or ``GLOBAL_TARGET: crop_pool``).
         """
         if is_train and num_classes is not None and 0 <= model_ignore_value < num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE={model_ignore_value} is a valid class index of a "
                 f"dataset with {num_classes} classes; set it outside [0, {num_classes}), e.g. 65535"
             )
@@ -111,7 +121,7 @@ class SemSegDatasetMapper:
         ignore = {m.get("ignore_label", 255) for m in metas}
         ncls = {len(m.stuff_classes) for m in metas if m.get("stuff_classes") is not None}
         if len(ignore) > 1 or len(ncls) > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"Datasets {list(dataset_names)} mix ignore labels {sorted(ignore)} or class "
                 f"counts {sorted(ncls)}; one mapper cannot serve them together"
             )
@@ -137,7 +147,7 @@ class SemSegDatasetMapper:
         values = np.unique(label)
         bad = values[((values < 0) | (values >= self.num_classes)) & (values != self.ignore_label)]
         if bad.size:
-            raise ValueError(
+            raise DataError(
                 f"Label map {label_path} contains values {bad[:10].tolist()} outside the "
                 f"{self.num_classes} classes [0, {self.num_classes}) and the ignore label "
                 f"{self.ignore_label}"
@@ -149,7 +159,7 @@ class SemSegDatasetMapper:
         try:
             image = utils.read_image(file_name, format=self.image_format)
         except Exception as e:
-            raise OSError(f"Cannot read image {file_name}: {e}") from e
+            raise UnreadableFileError(f"Cannot read image {file_name}: {e}") from e
         utils.check_image_size(dataset_dict, image)
 
         label = None
@@ -157,11 +167,16 @@ class SemSegDatasetMapper:
         if label_path is not None:  # read even at test time: size and value checks
             label = read_sem_seg_label(label_path)
             if label.ndim != 2:
-                raise ValueError(
+                raise DataError(
                     f"Label map {label_path} has shape {label.shape}; expected a single channel"
                 )
+            if not (np.issubdtype(label.dtype, np.integer) or label.dtype == np.bool_):
+                raise DataError(
+                    f"Label map {label_path} holds {label.dtype} values; expected integer class "
+                    "indices (8-bit PNG or 16-bit PNG/TIFF)"
+                )
             if label.shape != image.shape[:2]:
-                raise ValueError(
+                raise DataError(
                     f"Image {file_name} is {image.shape[1]}x{image.shape[0]} (WxH) but its label "
                     f"{label_path} is {label.shape[1]}x{label.shape[0]}"
                 )
@@ -193,7 +208,7 @@ class SemSegDatasetMapper:
         key = image_key(dataset_dict)
         cg, td, cached_hw = cache.get(key, dense=cache.need_dense)
         if tuple(cached_hw) != tuple(orig_hw):
-            raise ValueError(
+            raise DataError(
                 f"Image {dataset_dict['file_name']} is {orig_hw[1]}x{orig_hw[0]} (WxH) but the "
                 f"teacher cache recorded {cached_hw[1]}x{cached_hw[0]}: the cache is stale; "
                 "rebuild it with tools/cache_teacher.py --overwrite."

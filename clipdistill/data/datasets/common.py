@@ -10,6 +10,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ...utils.errors import DataError
+
 __all__ = [
     "datasets_root",
     "load_class_names",
@@ -106,6 +108,8 @@ def list_sem_seg_files(
                 f"Dataset '{dataset_name}': the {kind} folder {folder} does not exist "
                 f"(datasets root: $DETECTRON2_DATASETS={datasets_root()}).{hint}"
             )
+    if ids is not None and not len(ids):
+        raise DataError(f"Dataset '{dataset_name}': its list of image ids is empty.{hint}")
     if ids is None:
         suffix = "." + gt_ext
         ids = sorted(f[: -len(suffix)] for f in os.listdir(gt_root) if f.endswith(suffix))

@@ -12,6 +12,7 @@ Names (none collides with detectron2's ``voc_2012_*`` *detection* datasets):
 
 import os
 
+from ...utils.errors import DataError
 from .common import datasets_root, list_sem_seg_files, load_class_names, register_sem_seg
 
 __all__ = ["register_voc", "register_all_voc", "voc_split_ids", "VOC_SUBDIR", "VOC_TOY_SUBDIR"]
@@ -29,7 +30,13 @@ def voc_split_ids(voc_root: str, split: str, dataset_name: str, hint: str):
             f"(datasets root: $DETECTRON2_DATASETS={datasets_root()}).\n{hint}"
         )
     with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
+        ids = [line.strip() for line in f if line.strip()]
+    if not ids:
+        raise DataError(
+            f"Dataset '{dataset_name}': split list {path} is empty (it should name one image id "
+            f"per line).\n{hint}"
+        )
+    return ids
 
 
 def register_voc(prefix: str, voc_root: str, prepare_hint: str) -> None:

@@ -219,7 +219,7 @@ def main_150(argv=None) -> int:
     )
     _splits_arg(parser, ADE150_SPLITS)
     args = parser.parse_args(argv)
-    return run_cli(prepare_ade20k_150, args.root, args.splits, args.workers)
+    return run_cli(prepare_ade20k_150, args.root, args.splits, args.workers, debug=args.debug)
 
 
 def main_full(argv=None) -> int:
@@ -231,4 +231,11 @@ def main_full(argv=None) -> int:
     _splits_arg(parser, ADE150_SPLITS)
     parser.add_argument("--jpeg-quality", type=int, default=75)
     args = parser.parse_args(argv)
-    return run_cli(prepare_ade20k_full, args.root, args.splits, args.workers, args.jpeg_quality)
+    return run_cli(
+        prepare_ade20k_full,
+        args.root,
+        args.splits,
+        args.workers,
+        args.jpeg_quality,
+        debug=args.debug,
+    )

@@ -104,4 +104,4 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     args = parser.parse_args(argv)
-    return run_cli(prepare_coco_stuff, args.root, args.splits, args.workers)
+    return run_cli(prepare_coco_stuff, args.root, args.splits, args.workers, debug=args.debug)

@@ -4,11 +4,13 @@ Every converter follows the same rules:
 
 - inputs are read with :func:`read_label` / :func:`read_image`, which raise :class:`PrepareError`
   naming the file when it is missing or cannot be decoded (e.g. a truncated PNG);
-- outputs are written with :func:`atomic_save` (temporary file in the same folder, then
-  ``os.replace``), so an interrupted run never leaves a half-written output under its final name;
+- outputs are written with :func:`atomic_save` (``clipdistill.utils.io.atomic_write``: temporary
+  file in the same folder, then ``os.replace``), so an interrupted run never leaves a half-written
+  output under its final name;
 - a re-run skips outputs that already exist and decode (:func:`output_is_complete`), and
   regenerates the others; stale temporary files of an interrupted run are removed
-  (:func:`remove_stale_temps`).
+  (:func:`remove_stale_temps`);
+- a missing or damaged input is one line on stderr and exit status 2 (``--debug``: traceback).
 """
 
 import argparse
@@ -16,17 +18,20 @@ import logging
 import multiprocessing
 import os
 import sys
-from typing import Callable, Iterable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ...utils.cli import add_debug_argument, run_tool
+from ...utils.errors import UserError
+from ...utils.io import atomic_write
+from ...utils.io import remove_stale_temps as _remove_stale_temps
+
 __all__ = [
     "PrepareError",
-    "TEMP_SUFFIX",
     "atomic_save",
-    "atomic_write_text",
     "output_is_complete",
     "remove_stale_temps",
     "read_image",
@@ -39,18 +44,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TEMP_SUFFIX = ".tmp"
 _FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError, RuntimeError):
     """A missing or damaged input (the message names the file), or an inconsistent dataset."""
-
-
-def _temp_path(path: str) -> str:
-    folder, base = os.path.split(path)
-    # deterministic: a re-run overwrites the leftovers of an interrupted run
-    return os.path.join(folder, f".{base}{TEMP_SUFFIX}")
 
 
 def atomic_save(path: str, data: Union[np.ndarray, Image.Image], **save_kwargs) -> None:
@@ -71,22 +69,10 @@ def atomic_save(path: str, data: Union[np.ndarray, Image.Image], **save_kwargs) 
         image = Image.fromarray(data)
     else:
         image = data
-    tmp = _temp_path(path)
-    try:
-        image.save(tmp, format=_FORMATS[ext], **save_kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(path: str, lines: Iterable[str]) -> None:
-    """Write text lines to ``path`` atomically."""
-    tmp = _temp_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(f"{line}\n" for line in lines)
-    os.replace(tmp, path)
+    # no fsync per file (thousands of them): a kill never leaves a partial file, and a file cut
+    # short by a power loss fails output_is_complete and is regenerated on the next run
+    with atomic_write(path, fsync=False) as f:
+        image.save(f, format=_FORMATS[ext], **save_kwargs)
 
 
 def output_is_complete(path: str) -> bool:
@@ -106,14 +92,7 @@ def output_is_complete(path: str) -> bool:
 
 def remove_stale_temps(folder: str) -> int:
     """Delete temporary files that an interrupted run left in ``folder``; returns their count."""
-    if not os.path.isdir(folder):
-        return 0
-    n = 0
-    with os.scandir(folder) as it:
-        for entry in it:
-            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX):
-                os.remove(entry.path)
-                n += 1
+    n = _remove_stale_temps(folder)
     if n:
         logger.info("Removed %d stale temporary files in %s", n, folder)
     return n
@@ -200,16 +179,16 @@ def base_argument_parser(description: str, default_root: str) -> argparse.Argume
         default=min(8, os.cpu_count() or 1),
         help="worker processes (default: %(default)s)",
     )
+    add_debug_argument(parser)
     return parser
 
 
-def run_cli(prepare_fn, *args) -> int:
-    """Run a prepare function for a CLI: print its summary and return 0, or print the
-    ``PrepareError`` (which names the file at fault) and return 1."""
-    try:
-        summary = prepare_fn(*args)
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(summary)
-    return 0
+def run_cli(prepare_fn, *args, debug: bool = False) -> int:
+    """Run a prepare function for a CLI: print its summary and return 0, or print a user error
+    (e.g. the ``PrepareError`` naming the file at fault) in one line and return 2
+    (``clipdistill.utils.cli.run_tool``; ``debug``: raise it with its traceback)."""
+
+    def run():
+        print(prepare_fn(*args))
+
+    return run_tool(os.path.basename(sys.argv[0]) or "prepare", run, debug=debug)

@@ -208,4 +208,6 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--variants", nargs="+", default=["59", "459"], choices=["59", "459"])
     args = parser.parse_args(argv)
-    return run_cli(prepare_pcontext, args.root, args.splits, args.variants, args.workers)
+    return run_cli(
+        prepare_pcontext, args.root, args.splits, args.variants, args.workers, debug=args.debug
+    )

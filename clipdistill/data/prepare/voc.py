@@ -89,4 +89,6 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--splits", nargs="+", default=["train", "val"])
     args = parser.parse_args(argv)
-    return run_cli(prepare_voc20, os.path.join(args.root, VOC_SUBDIR), args.splits)
+    return run_cli(
+        prepare_voc20, os.path.join(args.root, VOC_SUBDIR), args.splits, debug=args.debug
+    )

@@ -24,10 +24,10 @@ from typing import Dict
 from ..datasets.common import datasets_root
 from ..datasets.register_voc import VOC_SUBDIR
 from .voc import voc_to_voc20
+from ...utils.io import atomic_write
 from .common import (
     PrepareError,
     atomic_save,
-    atomic_write_text,
     base_argument_parser,
     output_is_complete,
     read_id_list,
@@ -77,7 +77,8 @@ def prepare_voc_aug(root: str, workers: int = 1) -> Dict[str, int]:
         ids = [s for s in stems if s not in val_ids]
         if not ids:
             raise PrepareError(f"No train-aug masks in {aug_dir}")
-        atomic_write_text(list_path, ids)
+        with atomic_write(list_path, "w") as f:
+            f.writelines(f"{i}\n" for i in ids)
     missing = [i for i in ids if not os.path.isfile(os.path.join(voc, "JPEGImages", f"{i}.jpg"))]
     if missing:
         raise PrepareError(
@@ -99,4 +100,4 @@ def main(argv=None) -> int:
         datasets_root(),
     )
     args = parser.parse_args(argv)
-    return run_cli(prepare_voc_aug, args.root, args.workers)
+    return run_cli(prepare_voc_aug, args.root, args.workers, debug=args.debug)

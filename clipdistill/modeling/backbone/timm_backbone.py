@@ -10,6 +10,8 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 
+from ...utils.errors import ConfigError, DataError, ResourceError
+
 __all__ = ["TimmBackbone", "build_timm_backbone"]
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class TimmBackbone(Backbone):
         """
         super().__init__()
         if name not in timm.list_models():
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.TIMM.NAME={name!r} is not a timm model; e.g. efficientnet_b0, "
                 f"mobilenetv3_large_100, resnet50 (see timm.list_models())"
             )
@@ -50,7 +52,7 @@ class TimmBackbone(Backbone):
             try:
                 self.model = timm.create_model(name, pretrained=True, **kwargs)
             except Exception as e:
-                raise RuntimeError(
+                raise ResourceError(
                     f"Could not fetch timm's pretrained weights for MODEL.TIMM.NAME={name!r} "
                     f"(MODEL.TIMM.WEIGHTS='timm'): {type(e).__name__}: {e}\n"
                     f"Without network access, download the weights elsewhere and set "
@@ -63,9 +65,15 @@ class TimmBackbone(Backbone):
                     f"MODEL.TIMM.WEIGHTS={weights!r}: no such file (expected a timm checkpoint "
                     f"for {name!r}, or 'timm' to download, or '' for random init)"
                 )
-            self.model = timm.create_model(
-                name, pretrained=True, pretrained_cfg_overlay=dict(file=weights), **kwargs
-            )
+            try:
+                self.model = timm.create_model(
+                    name, pretrained=True, pretrained_cfg_overlay=dict(file=weights), **kwargs
+                )
+            except Exception as e:  # a damaged file, or weights of another model
+                raise DataError(
+                    f"MODEL.TIMM.WEIGHTS={weights!r}: cannot load it as {name!r} weights "
+                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                ) from e
         else:
             logger.info(f"TimmBackbone: {name} randomly initialised (MODEL.TIMM.WEIGHTS='')")
             self.model = timm.create_model(name, pretrained=False, **kwargs)

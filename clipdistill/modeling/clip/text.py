@@ -14,7 +14,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGE
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ...utils.io import atomic_write
+from ...utils.io import atomic_path
 
 __all__ = [
     "PROMPT_TEMPLATES",
@@ -263,7 +263,8 @@ class TextEncoder:
             "open_clip": open_clip.__version__,
         }
         try:
-            with atomic_write(path) as tmp:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with atomic_path(path, fsync=False) as tmp:
                 save_file({"embeddings": emb.contiguous()}, tmp, metadata=metadata)
         except OSError as e:
             logger.warning(f"Could not write the text-embedding cache {path}: {e}")
