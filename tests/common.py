@@ -1,5 +1,6 @@
 """Shared helpers for the tests: tiny offline configs and synthetic data."""
 
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test never touches the network
@@ -156,3 +157,20 @@ def tiny_train_opts(train_name, val_name, output_dir, *extra):
         "OUTPUT_DIR",
         str(output_dir),
     ] + list(extra)
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes):
+    """A full disk, simulated: writes beyond ``nbytes`` per file fail with EFBIG (the soft
+    RLIMIT_FSIZE is restored afterwards; SIGXFSZ is ignored meanwhile)."""
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)

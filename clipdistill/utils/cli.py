@@ -11,6 +11,7 @@ Used by ``tools/*.py`` and ``datasets/prepare_*.py``::
 """
 
 import argparse
+import logging
 import sys
 from typing import Callable, List, Optional, Sequence
 
@@ -63,8 +64,32 @@ class _ReportedUserError(Exception):
     """A user error of a single-process run, already printed."""
 
 
+class _NoUserErrorTraceback(logging.Filter):
+    """Drops the traceback from a log record of a user error (detectron2's training loop logs
+    "Exception during training:" with the traceback before re-raising): the record keeps the
+    one-line message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and is_user_error(exc):
+            record.msg = f"{record.getMessage()} {user_message(exc)}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+#: loggers that log an exception with its traceback before re-raising it
+_TRACEBACK_LOGGERS = ("detectron2.engine.train_loop",)
+
+
 def _guarded_main(prog: str, main: Callable, args) -> None:
     """Runs in every process that detectron2's ``launch`` starts."""
+    if not getattr(args, "debug", False):
+        for name in _TRACEBACK_LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _NoUserErrorTraceback) for f in logger.filters):
+                logger.addFilter(_NoUserErrorTraceback())
     try:
         main(args)
     except Exception as e:

@@ -193,7 +193,7 @@ def test_coco_stuff_damaged_input_names_file(root, capsys):
     bad.write_bytes(data[: len(data) - 30])
     with pytest.raises(PrepareError, match="000000000001.png"):
         coco_stuff.prepare_coco_stuff(str(root), ["val2017"], workers=1)
-    assert coco_stuff.main(["--root", str(root), "--splits", "val2017", "--workers", "1"]) == 2  # a user error: one line, exit status 2
+    assert coco_stuff.main(["--root", str(root), "--splits", "val2017", "--workers", "1"]) == 2
     assert str(bad) in capsys.readouterr().err
 
 

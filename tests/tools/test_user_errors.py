@@ -421,7 +421,9 @@ def test_user_error_is_one_line_with_exit_status_2(world, case, capsys):
     argv = make_argv(world)
     capsys.readouterr()
     rc = _call(tool, argv)
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "Traceback" not in captured.out, captured.out[-3000:]  # nor in the log
     lines = [line for line in err.splitlines() if line.strip()]
     assert rc == 2, err[-3000:]
     assert "Traceback" not in err, err[-3000:]

@@ -1,0 +1,90 @@
+"""Config validation up front, and property-based fuzzing (hypothesis) of config overrides: any
+``KEY VALUE`` gives a config or a ``ConfigError`` naming the key, never another exception."""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clipdistill.deploy.cli import config_keys
+from clipdistill.engine.setup import get_clipdistill_cfg
+from clipdistill.engine.validate import validate_config
+from clipdistill.utils.errors import ConfigError, UserError
+from common import CONFIGS, tiny_cfg
+
+TOY = os.path.join(CONFIGS, "voc_toy.yaml")
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("SOLVER.MAX_ITER", "-5"),
+        ("SOLVER.MAX_ITER", "0"),
+        ("SOLVER.CHECKPOINT_PERIOD", "0"),
+        ("SOLVER.IMS_PER_BATCH", "0"),
+        ("SOLVER.BASE_LR", "-1.0"),
+        ("SOLVER.LR_SCHEDULER_NAME", "'Nope'"),
+        ("INPUT.CROP.TYPE", "'sideways'"),
+        ("INPUT.MIN_SIZE_TRAIN", "()"),
+    ],
+)
+def test_training_values_that_cannot_work_are_named(key, value):
+    cfg = tiny_cfg(key, value)  # loads: these keys are only read by training
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + "="):
+        validate_config(cfg, training=True)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("INPUT.FORMAT", "XYZ"),
+        ("MODEL.DEVICE", "'gpu:0'"),
+        ("MODEL.PIXEL_STD", "[1.0, 0.0, 1.0]"),
+        ("MODEL.META_ARCHITECTURE", "NoSuchArch"),
+        ("DATALOADER.NUM_WORKERS", "-1"),
+        ("MODEL.CLIPDISTILL.LOSS.TEMPERATURE", "0.0"),
+    ],
+)
+def test_values_that_cannot_work_are_named_by_every_tool(key, value):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        tiny_cfg(key, value)
+
+
+def test_all_problems_in_one_message_and_world_size():
+    cfg = tiny_cfg("SOLVER.MAX_ITER", "0", "SOLVER.IMS_PER_BATCH", "3")
+    with pytest.raises(ConfigError) as e:
+        validate_config(cfg, training=True, world_size=2)
+    assert "SOLVER.MAX_ITER=0" in str(e.value) and "divisible by the number of processes" in str(
+        e.value
+    )
+    validate_config(tiny_cfg(), training=True, world_size=2)  # the toy config is valid
+
+
+KEYS = sorted(config_keys())
+VALUES = st.one_of(
+    st.text(max_size=12),
+    st.integers(-(2**40), 2**40).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.lists(st.integers(-5, 600), max_size=4).map(str),
+    st.lists(st.text(max_size=4), max_size=3).map(lambda v: str(tuple(v))),
+    st.sampled_from(["True", "False", "None", "''", "[]", "()", "{}", "{'a': 1}", "1e999", "nan"]),
+)
+KEY = st.one_of(st.sampled_from(KEYS), st.text(min_size=0, max_size=20))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pairs=st.lists(st.tuples(KEY, VALUES), min_size=1, max_size=3))
+def test_any_override_gives_a_config_or_a_named_error(pairs):
+    opts = [x for kv in pairs for x in kv]
+    try:
+        cfg = get_clipdistill_cfg(TOY, opts)
+    except UserError as e:
+        assert isinstance(e, ConfigError)
+        msg = str(e)
+        assert any(k in msg for k, _ in pairs if k) or "config" in msg.lower(), msg
+        return
+    try:
+        validate_config(cfg, training=True, world_size=1)
+    except ConfigError as e:
+        assert "=" in str(e)
