@@ -33,7 +33,7 @@ setup(
     extras_require={
         # pydensecrf2: CaR's DenseCRF (MODEL.CAR.CRF.ENABLED); no wheel for recent Pythons on
         # PyPI, it builds from its sdist (needs a C++ compiler, about a minute)
-        "dev": ["pytest", "black", "flake8", "isort", "pydensecrf2>=1.1"],
+        "dev": ["pytest", "hypothesis", "black", "flake8", "isort", "pydensecrf2>=1.1"],
         "car": ["pydensecrf2>=1.1"],
         # tools/export_model.py (ONNX, onnxruntime; onnxscript for --onnx-exporter dynamo),
         # tools/web_demo.py (gradio) and its browser test (playwright + Debian's chromium,
