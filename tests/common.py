@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test never touches the network
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -174,3 +175,23 @@ def file_size_limit(nbytes):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old)
+
+
+@pytest.fixture(autouse=True)
+def fresh_loggers():
+    """detectron2's ``setup_logger`` is cached: its console handlers would keep writing to the
+    (closed) stdout captured by an earlier test."""
+    import logging
+
+    from detectron2.utils.logger import setup_logger
+
+    def reset():
+        setup_logger.cache_clear()
+        for name in ("detectron2", "clipdistill", "fvcore", "d2"):
+            logger = logging.getLogger(name)
+            for h in list(logger.handlers):
+                logger.removeHandler(h)
+
+    reset()
+    yield
+    reset()

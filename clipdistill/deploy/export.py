@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..modeling.clip.text import check_class_names
+from ..utils.errors import ConfigError
 from ..utils.io import atomic_path, atomic_save_json
 
 __all__ = [
@@ -70,7 +71,7 @@ class ExportableSegmenter(nn.Module):
         if output not in ("logits", "labels"):
             raise ValueError(f"output must be 'logits' or 'labels', got {output!r}")
         if not model.exportable:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(model).__name__} cannot be exported (its `exportable` is False); "
                 "export works for SegStudent"
             )

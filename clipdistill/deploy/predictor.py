@@ -26,6 +26,7 @@ from ..data.dataset_mappers import build_sem_seg_augmentation
 from ..engine.checkpoint import SegmenterCheckpointer
 from ..modeling.clip.text import check_class_names
 from ..modeling.segmenter import OpenVocabSegmenter
+from ..utils.errors import ConfigError
 from ..utils.visualize import class_colors, overlay_with_legend
 
 __all__ = ["SegPredictor", "SegResult", "check_class_names", "parse_class_names", "read_image_rgb"]
@@ -36,7 +37,9 @@ logger = logging.getLogger(__name__)
 def parse_class_names(text: str) -> List[str]:
     """Comma-separated names (the web demo's text box) -> checked list (``check_class_names``)."""
     if text is None or not str(text).strip():
-        raise ValueError("no class names given: type comma-separated names, e.g. 'cat, dog, grass'")
+        raise ConfigError(
+            "no class names given: type comma-separated names, e.g. 'cat, dog, grass'"
+        )
     return check_class_names(str(text).split(","))
 
 
@@ -159,7 +162,7 @@ class SegPredictor:
         if weights:
             SegmenterCheckpointer(self.model).load(weights)
         elif require_weights:
-            raise ValueError("MODEL.WEIGHTS is empty: pass a trained checkpoint")
+            raise ConfigError("MODEL.WEIGHTS is empty: pass a trained checkpoint")
         else:
             logger.warning(
                 f"MODEL.WEIGHTS is empty: the {type(self.model).__name__} keeps the weights its "
@@ -185,7 +188,7 @@ class SegPredictor:
         if class_names is None:
             names = self.training_vocabulary
             if not names:
-                raise ValueError(
+                raise ConfigError(
                     "no class names given and the config has no training vocabulary "
                     "(DATASETS.TRAIN[0] has no stuff_classes): pass class names"
                 )

@@ -1,18 +1,29 @@
-"""Strict checkpointing of any clipdistill segmenter, with per-architecture key conversion."""
+"""Strict, atomic checkpointing of any clipdistill segmenter, with per-architecture key
+conversion and a resume that survives damaged checkpoints."""
 
+import glob
 import os
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch.nn.parallel import DistributedDataParallel
 
 from ..modeling.segmenter import OpenVocabSegmenter
+from ..utils.errors import UserError
+from ..utils.io import atomic_write, is_temp_name, remove_stale_temps
 
-__all__ = ["SegmenterCheckpointer", "CheckpointMismatchError"]
+__all__ = ["SegmenterCheckpointer", "CheckpointMismatchError", "UnreadableCheckpointError"]
+
+LAST_CHECKPOINT = "last_checkpoint"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint whose keys or shapes do not match the model."""
+
+
+class UnreadableCheckpointError(UserError, ValueError):
+    """A checkpoint file that is truncated, damaged or not a checkpoint (names the file)."""
 
 
 class SegmenterCheckpointer(DetectionCheckpointer):
@@ -24,8 +35,60 @@ class SegmenterCheckpointer(DetectionCheckpointer):
     official release's names onto clipdistill's, see ``OpenVocabSegmenter``), then any difference
     from ``model.state_dict()`` (which never contains frozen auxiliary modules such as the
     student's teacher) raises :class:`CheckpointMismatchError` naming the keys.
+
+    Writing: a checkpoint and ``last_checkpoint`` are written to a temporary file and renamed
+    (``clipdistill.utils.io.atomic_write``), so a kill or a full disk never leaves a partial
+    checkpoint, and ``last_checkpoint`` always names a complete one. Overwriting a checkpoint that
+    this checkpointer did not write (an earlier run's) is logged.
+
+    Reading: a truncated or damaged file, or one that is not a checkpoint, raises
+    :class:`UnreadableCheckpointError` naming it. ``resume_or_load(resume=True)`` falls back from
+    an unreadable last checkpoint (or an empty or dangling ``last_checkpoint``) to the newest
+    readable checkpoint of ``save_dir``, saying which and why.
+
+    Args:
+        before_save: called by every process before each save, before only the main process
+            writes (``Trainer`` gathers the processes' random states there).
     """
 
+    def __init__(self, *args, before_save: Optional[Callable[[], None]] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.before_save = before_save
+        #: files this checkpointer wrote (overwriting any other one is logged)
+        self._written = set()
+        #: the checkpoint ``resume_or_load`` resumed from (None: it did not resume)
+        self.resumed_from: Optional[str] = None
+
+    # ------------------------------------------------------------------------------ writing
+    def save(self, name: str, **kwargs: Any) -> None:
+        """fvcore's ``save`` (model, checkpointables and ``kwargs`` in ``<save_dir>/<name>.pth``),
+        written atomically."""
+        if self.before_save is not None:
+            self.before_save()
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        if os.path.exists(path) and os.path.abspath(path) not in self._written:
+            self.logger.warning(
+                f"Overwriting {path}, written by an earlier run"
+                + (" (this run resumed from it)" if self.resumed_from == path else "")
+            )
+        self.logger.info(f"Saving checkpoint to {path}")
+        with atomic_write(path) as f:
+            torch.save(data, f)
+        self._written.add(os.path.abspath(path))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        with atomic_write(os.path.join(self.save_dir, LAST_CHECKPOINT), "w") as f:
+            f.write(last_filename_basename)
+
+    # ------------------------------------------------------------------------------ reading
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
         if path and "://" not in path and not os.path.isfile(path):
             raise FileNotFoundError(
@@ -33,7 +96,93 @@ class SegmenterCheckpointer(DetectionCheckpointer):
                 f"OUTPUT_DIR); pass an existing file, e.g. MODEL.WEIGHTS output/model_final.pth"
             )
         self._loading_path = path
-        return super().load(path, *args, **kwargs)
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._parsed_url_during_load = None  # detectron2 leaves it set when a load fails
+
+    def _torch_load(self, f: str) -> Dict[str, Any]:
+        try:
+            loaded = super()._torch_load(f)
+        except Exception as e:  # EOFError, zip errors, unpickling errors...
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise UnreadableCheckpointError(
+                f"Checkpoint {f} is unreadable (truncated, damaged or not a PyTorch checkpoint): "
+                f"{type(e).__name__}: {first}"
+            ) from e
+        if not isinstance(loaded, dict):
+            raise UnreadableCheckpointError(
+                f"Checkpoint {f} holds a {type(loaded).__name__}, not a checkpoint (a dict with "
+                "'model', or a state dict)"
+            )
+        return loaded
+
+    # ------------------------------------------------------------------------------ resuming
+    def _resume_candidates(self) -> Tuple[List[str], List[str]]:
+        """Checkpoints to resume from, best first (the one ``last_checkpoint`` names, then the
+        others newest first), and notes on what was wrong with ``last_checkpoint``."""
+        notes, first = [], None
+        tag = os.path.join(self.save_dir, LAST_CHECKPOINT)
+        if os.path.isfile(tag):
+            with open(tag, encoding="utf-8", errors="replace") as f:
+                name = f.read().strip()
+            if not name:
+                notes.append(f"{tag} is empty")
+            elif not os.path.isfile(os.path.join(self.save_dir, name)):
+                notes.append(f"{tag} names {name}, which does not exist")
+            else:
+                first = os.path.join(self.save_dir, name)
+        others = [
+            p
+            for p in glob.glob(os.path.join(glob.escape(self.save_dir), "*.pth"))
+            if not is_temp_name(os.path.basename(p)) and p != first
+        ]
+        others.sort(key=lambda p: os.path.getmtime(p), reverse=True)
+        return ([first] if first else []) + others, notes
+
+    def has_checkpoint(self) -> bool:
+        return bool(self._resume_candidates()[0])
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """Resume from the newest readable checkpoint of ``save_dir`` (when ``resume`` and there
+        is one), else load ``path`` (the model only).
+
+        Raises:
+            UnreadableCheckpointError: ``resume`` and every checkpoint of ``save_dir`` is
+                unreadable (each is named).
+        """
+        self.resumed_from = None
+        if self.save_to_disk and self.save_dir and os.path.isdir(self.save_dir):
+            n = remove_stale_temps(self.save_dir)
+            if n:
+                self.logger.info(f"Removed {n} partial file(s) of an interrupted write.")
+        if resume:
+            candidates, notes = self._resume_candidates()
+            for note in notes:
+                self.logger.warning(f"Resume: {note}.")
+            failed = []
+            for cand in candidates:
+                try:
+                    out = self.load(cand)
+                except UnreadableCheckpointError as e:
+                    self.logger.warning(f"Resume: {e}")
+                    failed.append(cand)
+                    continue
+                if failed or notes:
+                    self.logger.warning(
+                        f"Resumed from {cand}, the newest readable checkpoint"
+                        + (f" (unreadable: {', '.join(failed)})" if failed else "")
+                    )
+                self.resumed_from = cand
+                return out
+            if failed:
+                raise UnreadableCheckpointError(
+                    f"Cannot resume: no readable checkpoint in {self.save_dir} (unreadable: "
+                    f"{', '.join(failed)}); delete them, or train without --resume"
+                )
+            if notes:
+                self.logger.warning(f"Resume: no checkpoint in {self.save_dir}; starting anew.")
+        return self.load(path, checkpointables=[])
 
     def _load_file(self, f: str) -> Dict[str, Any]:
         try:

@@ -1,4 +1,5 @@
-"""``Trainer(DefaultTrainer)`` for clipdistill: mapper, evaluator, optimizer groups, CPU DDP."""
+"""``Trainer(DefaultTrainer)`` for clipdistill: mapper, evaluator, optimizer groups, CPU DDP,
+atomic checkpoints and exact resume."""
 
 import logging
 import os
@@ -13,7 +14,7 @@ from detectron2.data import (
     DatasetCatalog,
     MetadataCatalog,
     build_detection_test_loader,
-    build_detection_train_loader,
+    get_detection_dataset_dicts,
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import SemSegEvaluator
@@ -23,7 +24,9 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data import SemSegDatasetMapper
+from ..data.stream import ResumableTrainLoader, build_resumable_loader
 from ..modeling.segmenter import OpenVocabSegmenter
+from ..utils.rng import get_rng_state, preserve_rng, set_rng_state
 from .checkpoint import SegmenterCheckpointer
 from .prediction_cache import maybe_wrap_prediction_cache
 from .results import summarize_results, write_results
@@ -49,7 +52,13 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
 class Trainer(DefaultTrainer):
     """DefaultTrainer for any clipdistill segmenter (an ``OpenVocabSegmenter``): the semantic
     mapper, ``SemSegEvaluator`` per test dataset, the model's own lr factors, a logged
-    parameter-group table, strict checkpoints and CPU multi-process."""
+    parameter-group table, strict checkpoints and CPU multi-process.
+
+    Exact resume: checkpoints also hold every process's random states and the training stream's
+    seed (``clipdistill.data.stream``); ``--resume`` restores them and continues the stream at
+    the next step, so on the CPU a resumed run ends with the weights an uninterrupted one has.
+    Evaluations during training leave the random states alone.
+    """
 
     def __init__(self, cfg):
         # Same as DefaultTrainer.__init__, but with a DDP wrapper that works on CPU and a strict
@@ -61,6 +70,8 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        self._train_loader = data_loader
+        self._gathered_rng = None
         model = create_ddp_model(
             model, broadcast_buffers=False, find_unused_parameters=model.find_unused_parameters
         )
@@ -69,7 +80,10 @@ class Trainer(DefaultTrainer):
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SegmenterCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            model,
+            cfg.OUTPUT_DIR,
+            before_save=self._gather_rng_states,
+            trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -88,7 +102,51 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=SemSegDatasetMapper(cfg, True))
+        """The resumable training stream of ``DATASETS.TRAIN`` (``build_resumable_loader``)."""
+        dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+        return build_resumable_loader(cfg, dicts, SemSegDatasetMapper(cfg, True))
+
+    # ------------------------------------------------------------------------------ resume
+    def resume_or_load(self, resume: bool = True):
+        """Resume from the newest readable checkpoint of ``OUTPUT_DIR`` (weights, optimizer,
+        scheduler, iteration, random states, data stream) when ``resume``, else load
+        ``MODEL.WEIGHTS``; a fresh run into a folder holding an earlier run's checkpoints says
+        that it will overwrite them."""
+        if not resume and comm.is_main_process() and self.checkpointer.has_checkpoint():
+            logger.warning(
+                f"{self.cfg.OUTPUT_DIR} holds checkpoints of an earlier run; this run starts from "
+                "MODEL.WEIGHTS and overwrites those of the same names (use --resume to continue "
+                "that run instead)."
+            )
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.resumed_from:
+            # the checkpoint holds the iteration that had just finished
+            self.start_iter = self.iter + 1
+
+    def _gather_rng_states(self) -> None:
+        """Every process, before a checkpoint is saved: collect the random states of all."""
+        self._gathered_rng = comm.all_gather(get_rng_state())
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["rng"] = self._gathered_rng if self._gathered_rng else [get_rng_state()]
+        if isinstance(self._train_loader, ResumableTrainLoader):
+            ret["data_stream"] = self._train_loader.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        rank, world = comm.get_rank(), comm.get_world_size()
+        states = state_dict.get("rng")
+        if states and len(states) == world:
+            set_rng_state(states[rank])
+        else:
+            logger.warning(
+                f"The checkpoint holds the random states of {len(states or [])} processes, this "
+                f"run has {world}: they are not restored (the resumed run is not exact)."
+            )
+        if isinstance(self._train_loader, ResumableTrainLoader):
+            self._train_loader.resume_at(self.iter + 1, state_dict.get("data_stream"))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
@@ -118,10 +176,12 @@ class Trainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         """detectron2's test loop over ``DATASETS.TEST`` (each dataset scored with its own
         vocabulary), then one table dataset x mIoU/fwIoU/mACC/pACC, printed and written to
-        ``OUTPUT_DIR/inference/results.{json,csv}``."""
+        ``OUTPUT_DIR/inference/results.{json,csv}``. The global random states are left as they
+        were (an evaluation during training does not change what training draws next)."""
         # TEST.PREDICTION_CACHE: per-image predictions on disk, so an interrupted evaluation
         # resumes where it stopped
-        results = super().test(cfg, maybe_wrap_prediction_cache(cfg, model), evaluators)
+        with preserve_rng():
+            results = super().test(cfg, maybe_wrap_prediction_cache(cfg, model), evaluators)
         if comm.is_main_process() and results:
             per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
             table = write_results(

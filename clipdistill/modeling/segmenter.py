@@ -26,6 +26,7 @@ import torch
 from detectron2.data import MetadataCatalog
 from torch import nn
 
+from ..utils.errors import ConfigError, ConfigKeyError
 from .clip.text import check_class_names
 
 __all__ = ["OpenVocabSegmenter", "train_vocabulary_from_cfg", "dataset_vocabulary"]
@@ -40,7 +41,7 @@ def dataset_vocabulary(dataset_name: str) -> List[str]:
     meta = MetadataCatalog.get(dataset_name)
     names = meta.get("stuff_classes", None)
     if not names:
-        raise KeyError(
+        raise ConfigKeyError(
             f"dataset {dataset_name!r} has no 'stuff_classes' in its metadata: register it with "
             "its class names (see datasets/README.md)"
         )
@@ -90,7 +91,7 @@ class OpenVocabSegmenter(nn.Module):
             return
         names = check_class_names(class_names)
         if not self.open_vocabulary and names != self.train_vocabulary:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} is closed-set: it only predicts its "
                 f"{len(self.train_vocabulary)} training classes {self.train_vocabulary[:5]}..."
             )
@@ -107,7 +108,7 @@ class OpenVocabSegmenter(nn.Module):
             return dataset_vocabulary(name)
         vocab = self.vocabulary if self.vocabulary is not None else self.train_vocabulary
         if not vocab:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} has no vocabulary: give inputs a 'dataset_name', call "
                 "set_vocabulary(names), or set DATASETS.TRAIN to a registered dataset"
             )

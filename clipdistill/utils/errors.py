@@ -31,7 +31,8 @@ class UserError(Exception):
 
 
 class ConfigError(UserError, ValueError):
-    """A config key has a value that cannot work (the message names the key and the value)."""
+    """A config key, or a value given on the command line (class names...), that cannot work;
+    the message names the key or the value."""
 
 
 class ConfigKeyError(ConfigError, KeyError):

@@ -83,6 +83,18 @@ def _storage_error(e: OSError, path: str) -> OutputError:
     return OutputError(e.errno, f"cannot write {path} (folder {folder}): {why}")
 
 
+def _storage_cause(e: BaseException):
+    """The storage ``OSError`` (full disk, read-only...) behind ``e``, if any: writers such as
+    ``torch.save`` re-raise it as another type, with the ``OSError`` as its context."""
+    seen = set()
+    while e is not None and id(e) not in seen and not isinstance(e, OutputError):
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _fsync_dir(folder: str) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -131,9 +143,9 @@ def atomic_path(path: str, *, keep_extension: bool = False, fsync: bool = True) 
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(e, OSError) and not isinstance(e, OutputError):
-            if e.errno in _STORAGE_ERRNOS:
-                raise _storage_error(e, path) from e
+        cause = _storage_cause(e)
+        if cause is not None:
+            raise _storage_error(cause, path) from e
         raise
 
 

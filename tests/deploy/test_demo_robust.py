@@ -12,6 +12,7 @@ from PIL import Image
 
 from clipdistill.deploy.predictor import read_image_rgb, to_rgb_uint8
 from clipdistill.utils import visualize as V
+from common import fresh_loggers  # noqa: F401  (autouse fixture)
 from common import file_size_limit
 from deploy_helpers import TOY_CONFIG, ListHandler, load_tool
 

@@ -3,7 +3,6 @@ visualize_json_results, export_model, the dataset preparation scripts): each is 
 line ``<tool>: error: <message naming the key, file or value>`` with exit status 2, without a
 traceback; ``--debug`` shows the traceback. The tools run in-process (their ``main(argv)``)."""
 
-import logging
 import os
 import shutil
 import uuid
@@ -17,7 +16,8 @@ from detectron2.modeling import build_model
 
 from clipdistill.data.datasets.register_voc import register_voc
 from clipdistill.data.prepare import voc as prepare_voc
-from common import CONFIGS, TINY_OPTS, load_tool, make_tiny_toy, tiny_cfg, tiny_train_opts
+from common import CONFIGS, TINY_OPTS, fresh_loggers  # noqa: F401  (autouse fixture)
+from common import load_tool, make_tiny_toy, tiny_cfg, tiny_train_opts
 
 TOY_CFG = os.path.join(CONFIGS, "voc_toy.yaml")
 train_net = load_tool("train_net")
@@ -25,24 +25,6 @@ cache_teacher = load_tool("cache_teacher")
 demo = load_tool("demo")
 visualize = load_tool("visualize_json_results")
 export = load_tool("export_model")
-
-
-@pytest.fixture(autouse=True)
-def fresh_loggers():
-    """detectron2's ``setup_logger`` is cached: its console handlers would keep writing to the
-    (closed) stdout captured by an earlier test."""
-    from detectron2.utils.logger import setup_logger
-
-    def reset():
-        setup_logger.cache_clear()
-        for name in ("detectron2", "clipdistill", "fvcore", "d2"):
-            logger = logging.getLogger(name)
-            for h in list(logger.handlers):
-                logger.removeHandler(h)
-
-    reset()
-    yield
-    reset()
 
 
 @pytest.fixture(scope="module")

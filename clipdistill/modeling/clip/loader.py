@@ -22,6 +22,8 @@ import torch
 from detectron2.utils import comm
 from torch import nn
 
+from ...utils.errors import ConfigError, ResourceError
+
 __all__ = [
     "load_open_clip",
     "weights_identity",
@@ -146,7 +148,7 @@ def _load(
         known = open_clip.list_models()
         examples = [m for m in ("ViT-B-16", "ViT-B-32", "ViT-L-14", "RN50") if m in known]
         examples += [m for m in known if m not in examples][: 12 - len(examples)]
-        raise ValueError(
+        raise ConfigError(
             f"{name_key}={model_name!r} is not an open_clip model name. Known names include "
             f"{examples} ... ({len(known)} in all, see open_clip.list_models()); "
             f"{TOY_MODEL_NAME!r} is clipdistill's tiny test model."
@@ -172,7 +174,7 @@ def _load(
             )
         else:
             tags = open_clip.list_pretrained_tags_by_model(model_name)
-            raise RuntimeError(
+            raise ResourceError(
                 f"{weights_key}={weights!r} is neither an open_clip pretrained tag of "
                 f"{name_key}={model_name!r} (known tags: {tags}) nor an existing file. "
                 + _how_to_fix(model_name, weights, name_key, weights_key)
@@ -180,7 +182,7 @@ def _load(
     try:
         return _create_open_clip_model(model_name, pretrained, quick)
     except Exception as e:  # network, missing cache, corrupt file, architecture mismatch, ...
-        raise RuntimeError(
+        raise ResourceError(
             f"Could not load the CLIP model {name_key}={model_name!r} with "
             f"{weights_key}={weights!r}: {type(e).__name__}: {e}\n"
             + _how_to_fix(model_name, weights, name_key, weights_key)

@@ -14,6 +14,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGE
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ...utils.errors import ConfigError
 from ...utils.io import atomic_path
 
 __all__ = [
@@ -77,16 +78,16 @@ def check_class_names(class_names: Sequence[str]) -> List[str]:
         ValueError: naming the offending names.
     """
     if isinstance(class_names, str):
-        raise ValueError(
+        raise ConfigError(
             f"class_names must be a sequence of names, not the string {class_names!r}."
         )
     raw = [str(n) for n in class_names]
     if not raw:
-        raise ValueError("no class names given: class_names is empty (give at least one name).")
+        raise ConfigError("no class names given: class_names is empty (give at least one name).")
     names = [n.strip() for n in raw]
     empty = [i + 1 for i, n in enumerate(names) if not n]
     if empty:
-        raise ValueError(
+        raise ConfigError(
             f"empty class name at position {empty} "
             f"({[raw[i - 1] for i in empty]!r}); empty names are not allowed: {raw!r}"
         )
@@ -96,7 +97,7 @@ def check_class_names(class_names: Sequence[str]) -> List[str]:
             dups.append(n)
         seen.add(n)
     if dups:
-        raise ValueError(
+        raise ConfigError(
             f"duplicated class names {dups!r}: each class must be unique (class_names has "
             f"duplicates after stripping: {raw!r})"
         )
@@ -144,7 +145,7 @@ class TextEncoder:
     ):
         if isinstance(templates, str):
             if templates not in PROMPT_TEMPLATES:
-                raise ValueError(
+                raise ConfigError(
                     f"prompt templates {templates!r} are not a known set; choose one of "
                     f"{sorted(PROMPT_TEMPLATES)}."
                 )
@@ -154,7 +155,7 @@ class TextEncoder:
             self.templates_name = "custom"
         self.templates: Tuple[Template, ...] = tuple(templates)
         if not self.templates:
-            raise ValueError("prompt templates: the template set is empty")
+            raise ConfigError("prompt templates: the template set is empty")
         self._model = model
         self.tokenizer = tokenizer
         self.model_name = model_name

@@ -17,6 +17,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
+from ...utils.errors import ConfigError
 from .. import losses as L
 from ..fusion import FusionNeck
 from ..heads import build_student_head
@@ -103,7 +104,7 @@ class SegStudent(OpenVocabSegmenter):
                 (``loss_seg_kd``); needed iff that loss has a weight.
         """
         if inference_dtype not in _INFERENCE_DTYPES:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.CLIPDISTILL.INFERENCE_DTYPE={inference_dtype!r}: use one of "
                 f"{sorted(_INFERENCE_DTYPES)}"
             )
@@ -114,7 +115,7 @@ class SegStudent(OpenVocabSegmenter):
         self.seg_head = seg_head
         self.teacher = teacher
         if (seg_teacher is None) != (loss_weights.get("loss_seg_kd", 0) <= 0):
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.CLIPDISTILL.LOSS.SEG_KD_WEIGHT > 0 needs a segmenter teacher "
                 "(MODEL.CLIPDISTILL.SEGMENTER_TEACHER.CONFIG_FILE), and a segmenter teacher is "
                 "only used with SEG_KD_WEIGHT > 0"

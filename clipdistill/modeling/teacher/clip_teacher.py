@@ -27,6 +27,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from ...utils.errors import ConfigError
 from ..clip import vit
 from ..clip.dense import DENSE_METHODS, dense_features
 from ..clip.loader import MODEL_CONFIG_DIR, TOY_MODEL_NAME, load_open_clip
@@ -98,12 +99,12 @@ class CLIPTeacher(FrozenAuxiliary):
         """
         super().__init__()
         if dense_method not in DENSE_METHODS:
-            raise ValueError(
+            raise ConfigError(
                 f"{_KEY_DENSE_METHOD}={dense_method!r} is not a dense method; choose one of "
                 f"{sorted(DENSE_METHODS)}."
             )
         if templates not in PROMPT_TEMPLATES:
-            raise ValueError(
+            raise ConfigError(
                 f"{_KEY_TEMPLATES}={templates!r} is not a prompt template set; choose one of "
                 f"{sorted(PROMPT_TEMPLATES)}."
             )
@@ -112,7 +113,7 @@ class CLIPTeacher(FrozenAuxiliary):
             (_KEY_DENSE_IMAGE_SIZE, dense_image_size),
         ):
             if int(value) <= 0:
-                raise ValueError(f"{key} must be a positive image side, got {value!r}.")
+                raise ConfigError(f"{key} must be a positive image side, got {value!r}.")
 
         self.model_name = model_name
         self.weights = weights
@@ -147,7 +148,7 @@ class CLIPTeacher(FrozenAuxiliary):
         if not isinstance(visual, VisionTransformer) and (
             (self.image_size, self.image_size) != self._native_size
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"{_KEY_IMAGE_SIZE}={image_size} but {model_name!r} only works at its native size "
                 f"{self._native_size} (positional-embedding interpolation is implemented for "
                 "open_clip VisionTransformer towers only)."

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ...utils.errors import ConfigError
 from .frozen import FrozenAuxiliary
 
 __all__ = ["SegmenterTeacher", "build_segmenter_teacher"]
@@ -45,7 +46,7 @@ def build_segmenter_teacher(cfg) -> SegmenterTeacher:
 
     t = cfg.MODEL.CLIPDISTILL.SEGMENTER_TEACHER
     if not t.CONFIG_FILE:
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.CLIPDISTILL.LOSS.SEG_KD_WEIGHT > 0 needs a teacher segmenter: set "
             f"{_KEY}.CONFIG_FILE to its config (e.g. configs/maskclip/...yaml) and {_KEY}.WEIGHTS"
         )
@@ -53,7 +54,7 @@ def build_segmenter_teacher(cfg) -> SegmenterTeacher:
     if t.WEIGHTS:  # what the teacher is built for: e.g. SAN then skips downloading its CLIP
         opts += ["MODEL.WEIGHTS", t.WEIGHTS]
     if len(opts) % 2:
-        raise ValueError(f"{_KEY}.OPTS must be KEY VALUE pairs, got {list(t.OPTS)}")
+        raise ConfigError(f"{_KEY}.OPTS must be KEY VALUE pairs, got {list(t.OPTS)}")
     tcfg = get_clipdistill_cfg(t.CONFIG_FILE, opts)
     segmenter = build_model(tcfg)
     if not isinstance(segmenter, OpenVocabSegmenter):
