@@ -13,7 +13,7 @@ image side runs the student only.
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Optional, Sequence
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,11 +25,19 @@ from detectron2.modeling import build_model
 from ..data.dataset_mappers import build_sem_seg_augmentation
 from ..engine.checkpoint import SegmenterCheckpointer
 from ..modeling.clip.text import check_class_names
+from ..modeling.postprocess import CHUNK_ELEMENTS, CoarseSemSeg, iter_probs, label_map
 from ..modeling.segmenter import OpenVocabSegmenter
 from ..utils.errors import ConfigError
 from ..utils.visualize import class_colors, overlay_with_legend
 
-__all__ = ["SegPredictor", "SegResult", "check_class_names", "parse_class_names", "read_image_rgb"]
+__all__ = [
+    "SegPredictor",
+    "SegResult",
+    "ScoreMaps",
+    "check_class_names",
+    "parse_class_names",
+    "read_image_rgb",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -108,20 +116,47 @@ def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+class ScoreMaps:
+    """Per-class probabilities ``[K, H, W]`` (softmax over the vocabulary) of one image, produced
+    class chunk by class chunk (``clipdistill.modeling.postprocess.iter_probs``), so that
+    writing them needs memory for a chunk, not for ``K x H x W``.
+
+    ``chunks()`` yields ``(k0, float32 [k, H, W])``; ``numpy()`` builds the whole array.
+    """
+
+    def __init__(self, coarse: CoarseSemSeg, budget: int = CHUNK_ELEMENTS):
+        self._coarse = coarse
+        self._budget = budget
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return (self._coarse.num_classes,) + self._coarse.output_size
+
+    def chunks(self) -> Iterator[Tuple[int, np.ndarray]]:
+        for k0, probs in iter_probs(self._coarse, self._budget):
+            yield k0, probs.cpu().numpy()
+
+    def numpy(self, dtype=np.float32) -> np.ndarray:
+        out = np.empty(self.shape, dtype)
+        for k0, part in self.chunks():
+            out[k0 : k0 + len(part)] = part
+        return out
+
+
 @dataclass
 class SegResult:
     """One image's result.
 
     Attributes:
         label: int32 ``[H, W]``, indices into ``class_names``, at the image's original size.
-        scores: float32 ``[K, H, W]`` per-class probabilities (the segmenter's
-            ``scores_to_probs``: a softmax of a student's logits), or
-            None when not requested.
+        scores: the per-class probabilities (``ScoreMaps``, ``K x H x W``, computed on demand
+            in class chunks; the segmenter's ``scores_to_probs``, a softmax of a student's
+            logits), or None when not requested.
         class_names: the vocabulary (``K`` names).
     """
 
     label: np.ndarray
-    scores: Optional[np.ndarray]
+    scores: Optional[ScoreMaps]
     class_names: List[str]
 
 
@@ -148,6 +183,10 @@ class SegPredictor:
         ValueError: bad vocabulary (empty, empty names, duplicates; or another vocabulary than the
             training one with a closed-set head).
     """
+
+    #: elements (classes x H x W) of one class chunk of the label and score maps: the memory
+    #: bound of the post-processing, whatever the vocabulary (``modeling.postprocess``)
+    chunk_elements: int = CHUNK_ELEMENTS
 
     def __init__(self, cfg, class_names: Optional[Sequence[str]] = None, require_weights=False):
         self.cfg = cfg.clone()
@@ -218,17 +257,17 @@ class SegPredictor:
 
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray], scores: bool = False) -> List[SegResult]:
-        """Segment a batch of uint8 RGB images (``[H, W, 3]``, any sizes) in one forward pass."""
+        """Segment a batch of uint8 RGB images (``[H, W, 3]``, any sizes) in one forward pass.
+
+        The label maps are computed in class chunks from the model's coarse scores
+        (``OpenVocabSegmenter.coarse_sem_seg``), so memory does not grow with ``K x H x W``;
+        ``scores`` adds the (lazily computed) probabilities."""
         if not len(images):
             return []
-        outputs = self.model([self._to_input(im) for im in images])
         results = []
-        for out in outputs:
-            logits = out["sem_seg"]
-            label = logits.argmax(dim=0).to(torch.int32).cpu().numpy()
-            probs = None
-            if scores:
-                probs = self.model.scores_to_probs(logits.float()[None])[0].cpu().numpy()
+        for coarse in self.model.coarse_sem_seg([self._to_input(im) for im in images]):
+            label = label_map(coarse, self.chunk_elements).to(torch.int32).cpu().numpy()
+            probs = ScoreMaps(coarse, self.chunk_elements) if scores else None
             results.append(SegResult(label, probs, list(self.class_names)))
         return results
 

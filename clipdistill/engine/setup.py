@@ -27,7 +27,7 @@ def _yacs_message(e: Exception) -> str:
 
 def _merge_file(cfg: CfgNode, config_file: str) -> None:
     if not os.path.isfile(config_file):
-        raise ConfigError(f"Config file {config_file} does not exist")
+        raise FileNotFoundError(f"Config file {config_file} does not exist")
     try:
         cfg.merge_from_file(config_file)
     except (AssertionError, KeyError) as e:  # yacs reports unknown keys with assert

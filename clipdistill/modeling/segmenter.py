@@ -11,6 +11,7 @@ through this class, never by probing attributes:
 * deployment: ``exportable`` (whether ``tools/export_model.py`` can trace it);
 * training: ``lr_factor(name)`` (per-parameter lr multiplier), ``find_unused_parameters`` (DDP),
   ``no_weight_decay_names`` (parameters trained with ``SOLVER.WEIGHT_DECAY_EMBED``);
+* bounded-memory inference: ``coarse_sem_seg(inputs)`` (scores before the final upsampling);
 * checkpoints: ``convert_checkpoint(state_dict)`` (rename an official checkpoint's keys into this
   implementation's; called by the strict ``SegmenterCheckpointer``);
 * distillation: ``dense_class_probs(images, class_names)`` (per-pixel class probabilities, what a
@@ -28,6 +29,7 @@ from torch import nn
 
 from ..utils.errors import ConfigError, ConfigKeyError
 from .clip.text import check_class_names
+from .postprocess import CoarseSemSeg
 
 __all__ = ["OpenVocabSegmenter", "train_vocabulary_from_cfg", "dataset_vocabulary"]
 
@@ -148,6 +150,22 @@ class OpenVocabSegmenter(nn.Module):
             self.vocabulary = previous
             self.train(was_training)
         return self.scores_to_probs(out.float())
+
+    def coarse_sem_seg(self, batched_inputs: List[dict]) -> List[CoarseSemSeg]:
+        """Per input, its class scores before they are brought to the image size, with the way
+        to bring any slice of classes there: the label and score maps of the predictor are then
+        computed in class chunks, in memory bounded whatever the vocabulary
+        (``clipdistill.modeling.postprocess``). The default wraps ``forward``'s ``sem_seg``
+        (already at the image size: no saving) with ``scores_to_probs``; a segmenter whose last
+        step is an upsampling of logits overrides it."""
+
+        def to_probs(sem_seg: torch.Tensor) -> torch.Tensor:
+            return self.scores_to_probs(sem_seg[None])[0]
+
+        return [
+            CoarseSemSeg(o["sem_seg"], tuple(o["sem_seg"].shape[-2:]), to_probs=to_probs)
+            for o in self(batched_inputs)
+        ]
 
     def scores_to_probs(self, sem_seg: torch.Tensor) -> torch.Tensor:
         """``sem_seg`` ``[B, K, H, W]`` as returned by ``forward`` -> probabilities over K.

@@ -22,6 +22,7 @@ from .. import losses as L
 from ..fusion import FusionNeck
 from ..heads import build_student_head
 from ..inference import fold_batch_norms, is_exporting
+from ..postprocess import CoarseSemSeg
 from ..segmenter import OpenVocabSegmenter, train_vocabulary_from_cfg
 from ..teacher import (
     CLIPTeacher,
@@ -280,13 +281,30 @@ class SegStudent(OpenVocabSegmenter):
         if self.training:
             images = self.preprocess(batched_inputs)
             return self.losses(batched_inputs, images, self.student_features(images.tensor))
-        # inference_mode where valid: no gradients requested and nothing records the graph
-        use_inference_mode = not torch.is_grad_enabled() and not is_exporting()
-        with torch.inference_mode() if use_inference_mode else contextlib.nullcontext():
+        with self._inference_mode():
             images = self.preprocess(batched_inputs)
             with self._inference_autocast():
                 feats = self.student_features(images.tensor)
             return self.inference(batched_inputs, images, feats)
+
+    def coarse_sem_seg(self, batched_inputs: List[dict]) -> List[CoarseSemSeg]:
+        """The head's logits at the feature resolution (stride 8) with the upsampling of
+        ``inference``: label and score maps (a softmax of the logits, as ``scores_to_probs``)
+        in bounded memory (``modeling.postprocess``)."""
+        with self._inference_mode():
+            images = self.preprocess(batched_inputs)
+            with self._inference_autocast():
+                feats = self.student_features(images.tensor)
+            return [
+                CoarseSemSeg(logits, size, up)
+                for logits, up, size in self._logits_per_input(batched_inputs, images, feats)
+            ]
+
+    def _inference_mode(self):
+        """``torch.inference_mode`` where valid: no gradients requested, nothing records."""
+        if not torch.is_grad_enabled() and not is_exporting():
+            return torch.inference_mode()
+        return contextlib.nullcontext()
 
     def _inference_autocast(self):
         """Autocast to ``INFERENCE_DTYPE`` on CUDA; a no-op elsewhere or for float32."""
@@ -413,31 +431,48 @@ class SegStudent(OpenVocabSegmenter):
     def inference(self, batched_inputs, images: ImageList, feats: torch.Tensor) -> List[dict]:
         """Per-class logits at each input's original size.
 
-        Images sharing a vocabulary go through one head call and one upsampling; the text
-        embeddings come from the per-vocabulary cache (``_head_text``).
+        Images sharing a vocabulary go through one head call; the text embeddings come from the
+        per-vocabulary cache (``_head_text``).
         """
+        return [
+            {"sem_seg": up(logits)}
+            for logits, up, _ in self._logits_per_input(batched_inputs, images, feats)
+        ]
+
+    def _logits_per_input(self, batched_inputs, images: ImageList, feats: torch.Tensor):
+        """Per input: ``(logits [K, h, w] at the feature resolution, upsample, (H, W))`` where
+        ``upsample`` brings any slice of classes of the logits to the input's original size
+        (bilinear to the padded size, crop, then ``sem_seg_postprocess``)."""
         groups: "OrderedDict[Tuple[str, ...], List[int]]" = OrderedDict()
         for i, x in enumerate(batched_inputs):
             vocab = tuple(self.vocabulary_for(x)) if self.seg_head.open_vocabulary else ()
             groups.setdefault(vocab, []).append(i)
-        padded_hw = images.tensor.shape[-2:]
-        results: List[Optional[dict]] = [None] * len(batched_inputs)
+        padded_hw = tuple(images.tensor.shape[-2:])
+        results: List[Optional[tuple]] = [None] * len(batched_inputs)
         for vocab, idx in groups.items():
             text = self._head_text(vocab, feats.dtype) if vocab else None
             f = feats if len(idx) == len(batched_inputs) else feats[idx]
             with self._inference_autocast():
                 logits = self.seg_head(f, text)
-            logits = F.interpolate(
-                logits.float(), size=padded_hw, mode="bilinear", align_corners=False
-            )
             for j, i in enumerate(idx):
-                x, image_size = batched_inputs[i], images.image_sizes[i]
-                height = x.get("height", image_size[0])
-                width = x.get("width", image_size[1])
-                if (height, width) == tuple(image_size):
-                    # what sem_seg_postprocess returns, minus its same-size (identity) resize
-                    sem_seg = logits[j, :, : image_size[0], : image_size[1]]
-                else:
-                    sem_seg = sem_seg_postprocess(logits[j], image_size, height, width)
-                results[i] = {"sem_seg": sem_seg}
+                x, image_size = batched_inputs[i], tuple(images.image_sizes[i])
+                out_hw = (x.get("height", image_size[0]), x.get("width", image_size[1]))
+                results[i] = (logits[j], _Upsample(padded_hw, image_size, out_hw), out_hw)
         return results
+
+
+class _Upsample:
+    """Logits ``[k, h, w]`` at the feature resolution -> ``[k, H, W]`` at the original size."""
+
+    def __init__(self, padded_hw, image_size, out_hw):
+        self.padded_hw, self.image_size, self.out_hw = padded_hw, image_size, out_hw
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(
+            logits[None].float(), size=self.padded_hw, mode="bilinear", align_corners=False
+        )[0]
+        (ih, iw), (h, w) = self.image_size, self.out_hw
+        if (h, w) == (ih, iw):
+            # what sem_seg_postprocess returns, minus its same-size (identity) resize
+            return x[:, :ih, :iw]
+        return sem_seg_postprocess(x, self.image_size, h, w)
