@@ -14,7 +14,6 @@ as trained ones, so no download is needed for timing.
 """
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -25,6 +24,8 @@ from detectron2.utils.logger import setup_logger
 
 from clipdistill.benchmark import format_table, run_benchmark, vocabulary_sweep
 from clipdistill.engine.setup import get_clipdistill_cfg
+from clipdistill.utils.cli import add_debug_argument, parse_args_allowing_late_options, run_tool
+from clipdistill.utils.io import atomic_save_json, ensure_writable_dir
 
 
 def parse_args(argv=None):
@@ -63,11 +64,16 @@ def parse_args(argv=None):
     )
     p.add_argument("--sweep-sizes", default="224,512", help="image sides of --vocabulary-sweep")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    return p.parse_args(argv)
+    add_debug_argument(p)
+    return parse_args_allowing_late_options(p, argv)
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> int:
     args = parse_args(argv)
+    return run_tool("benchmark.py", lambda: _run(args), debug=args.debug)
+
+
+def _run(args) -> int:
     setup_logger(name="clipdistill")
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     if args.threads:
@@ -95,11 +101,10 @@ def main(argv=None) -> dict:
     result["meta"]["opts"] = list(args.opts)
     print(format_table(result))
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=1)
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output folder")
+        atomic_save_json(args.output, result)
         print(f"results written to {args.output}")
-    return result
+    return 0
 
 
 def _sweep(cfg, args) -> list:
@@ -124,4 +129,4 @@ def _sweep(cfg, args) -> list:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -29,7 +29,8 @@ from clipdistill.benchmark.compare import (
     run_comparison,
     write_comparison,
 )
-from clipdistill.deploy.cli import USER_ERRORS, fail, split_config_overrides
+from clipdistill.deploy.cli import split_config_overrides
+from clipdistill.utils.cli import add_debug_argument, run_tool
 
 PROG = "compare.py"
 
@@ -65,15 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE")
+    add_debug_argument(p)
     return p
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args_part, common = split_config_overrides(argv)
+    args_part, after_opts = split_config_overrides(argv)
     parser = build_parser()
-    args = parser.parse_args(args_part)
-    common = list(args.opts) + list(common)
+    # the KEY VALUE overrides trail the options (or follow --opts)
+    args, trailing = parser.parse_known_args(args_part)
+    bad = [t for t in trailing if t.startswith("--")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    common = list(trailing) + list(after_opts)
     if len(common) % 2:
         parser.error(f"config overrides must be KEY VALUE pairs, got {common}")
     setup_logger(name="clipdistill")
@@ -81,22 +87,23 @@ def main(argv=None) -> int:
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        entries = [parse_entry(spec) for spec in args.entry]
-        result = run_comparison(
-            entries,
-            common,
-            evaluate_mode=args.evaluate,
-            device=args.device,
-            size=args.size,
-            batch_size=args.batch_size,
-            iters=args.iters,
-            warmup=args.warmup,
-            flops=not args.skip_flops,
-            test_resize=not args.no_test_resize,
-        )
-    except USER_ERRORS as e:
-        return fail(PROG, e)
+    return run_tool(PROG, lambda: _run(args, common, argv), debug=args.debug)
+
+
+def _run(args, common, argv) -> int:
+    entries = [parse_entry(spec) for spec in args.entry]
+    result = run_comparison(
+        entries,
+        common,
+        evaluate_mode=args.evaluate,
+        device=args.device,
+        size=args.size,
+        batch_size=args.batch_size,
+        iters=args.iters,
+        warmup=args.warmup,
+        flops=not args.skip_flops,
+        test_resize=not args.no_test_resize,
+    )
     result["meta"]["command"] = " ".join(["python", "tools/compare.py"] + argv)
     paths = write_comparison(result, args.output_dir)
     print(format_markdown(result))

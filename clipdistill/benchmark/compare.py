@@ -23,7 +23,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from ..engine.setup import get_clipdistill_cfg
-from ..utils.io import atomic_write
+from ..utils.errors import ConfigError, DataError
+from ..utils.io import atomic_write, ensure_writable_dir
 from .core import FLOP_CONVENTION, bench_inference, segmenter_target
 
 __all__ = [
@@ -75,13 +76,13 @@ def parse_entry(spec: str) -> Entry:
     """
     words = shlex.split(spec)
     if not words:
-        raise ValueError("empty --entry: give '[LABEL=]CONFIG_FILE [KEY VALUE ...]'")
+        raise ConfigError("empty --entry: give '[LABEL=]CONFIG_FILE [KEY VALUE ...]'")
     head, opts = words[0], words[1:]
     label = ""
     if "=" in head:
         label, head = head.split("=", 1)
     if len(opts) % 2:
-        raise ValueError(
+        raise ConfigError(
             f"--entry {spec!r}: the overrides after the config file must be KEY VALUE pairs, got "
             f"{opts}"
         )
@@ -104,7 +105,7 @@ def read_accuracy(cfg) -> Optional[Dict[str, float]]:
             rows = json.load(f)["results"]
         return {r["dataset"]: float(r["mIoU"]) for r in rows}
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is not a results table written by Trainer.test: {e}") from e
+        raise DataError(f"{path} is not a results table written by Trainer.test: {e}") from e
 
 
 def evaluate(cfg) -> Dict[str, float]:
@@ -150,11 +151,11 @@ def run_comparison(
             are at ``size x size`` either way.
     """
     if evaluate_mode not in EVALUATE_CHOICES:
-        raise ValueError(f"evaluate mode {evaluate_mode!r}: choose one of {EVALUATE_CHOICES}")
+        raise ConfigError(f"evaluate mode {evaluate_mode!r}: choose one of {EVALUATE_CHOICES}")
     labels = [e.label for e in entries]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
-        raise ValueError(f"two entries are labelled {dup}: give them LABEL= prefixes")
+        raise ConfigError(f"two entries are labelled {dup}: give them LABEL= prefixes")
     rows, datasets = [], []
     for entry in entries:
         cfg = get_clipdistill_cfg(entry.config_file, list(common_opts) + list(entry.opts))
@@ -268,23 +269,22 @@ def plot_comparison(result: dict, path: str) -> None:
         ax.set_title(dataset or "no accuracy available: cost only")
         ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
 
 
 def write_comparison(result: dict, output_dir: str, name: str = "comparison") -> Dict[str, str]:
     """Write ``<name>.md``, ``.json``, ``.csv`` and ``.png`` in ``output_dir`` (each atomically);
     returns their paths by extension."""
-    os.makedirs(output_dir, exist_ok=True)
+    ensure_writable_dir(output_dir, "--output-dir")
     paths = {ext: os.path.join(output_dir, f"{name}.{ext}") for ext in ("md", "json", "csv", "png")}
     for ext, text in (
         ("md", format_markdown(result)),
         ("json", json.dumps(result, indent=1)),
         ("csv", _csv(result)),
     ):
-        with atomic_write(paths[ext]) as tmp:
-            with open(tmp, "w") as f:
-                f.write(text)
+        with atomic_write(paths[ext], "w") as f:
+            f.write(text)
     plot_comparison(result, paths["png"])
     return paths

@@ -7,6 +7,7 @@ by the same code (``voc20_toy_sem_seg_{train,val}``). Each toy class has its own
 texture, so a small model learns it in minutes on a CPU.
 """
 
+import json
 import os
 from typing import Dict
 
@@ -14,7 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..utils.io import atomic_write
+from ..utils.errors import DataError
+from ..utils.io import atomic_save_json, atomic_write
 from .prepare.voc import prepare_voc20
 
 __all__ = ["TOY_CLASSES", "generate_toy_voc"]
@@ -95,7 +97,9 @@ def generate_toy_voc(
     """Write the toy dataset under ``voc_root`` (a ``VOC2012``-like folder) and convert it.
 
     Idempotent: existing files are kept, so an interrupted run can simply be re-run. Every file is
-    written to a temporary name and renamed.
+    written to a temporary name and renamed. The parameters are recorded in ``toy_dataset.json``;
+    re-running into the same folder with other parameters (e.g. another ``seed``) is an error
+    rather than a mix of two datasets.
 
     Args:
         voc_root (str): destination, e.g. ``$DETECTRON2_DATASETS/voc_toy/VOCdevkit/VOC2012``.
@@ -105,6 +109,21 @@ def generate_toy_voc(
     Returns:
         str: ``voc_root``.
     """
+    params = {"num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
+    record = os.path.join(voc_root, "toy_dataset.json")
+    if os.path.isfile(record):
+        with open(record, encoding="utf-8") as f:
+            try:
+                old = json.load(f)
+            except ValueError:
+                old = None
+        if old is not None and old != params:
+            raise DataError(
+                f"{voc_root} holds a toy dataset generated with {old}, not {params}: delete the "
+                "folder first (or pass another --root)"
+            )
+    os.makedirs(voc_root, exist_ok=True)
+    atomic_save_json(record, params)
     rng = np.random.default_rng(seed)
     dirs = {d: os.path.join(voc_root, d) for d in ("JPEGImages", "SegmentationClass")}
     sets_dir = os.path.join(voc_root, "ImageSets", "Segmentation")

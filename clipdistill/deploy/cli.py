@@ -6,10 +6,16 @@ import logging
 import sys
 from typing import FrozenSet, List, Optional, Sequence, Tuple
 
-from ..utils.cli import add_debug_argument, report_error
+from ..utils.cli import add_debug_argument
 from ..utils.errors import ConfigError
 
-__all__ = ["split_config_overrides", "add_config_arguments", "config_parser", "load_cfg", "fail"]
+__all__ = [
+    "split_config_overrides",
+    "add_config_arguments",
+    "config_parser",
+    "check_list_options",
+    "load_cfg",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +122,3 @@ def load_cfg(args):
     from clipdistill.engine.setup import get_clipdistill_cfg
 
     return get_clipdistill_cfg(args.config_file, args.opts)
-
-
-def fail(prog: str, error, code: int = 2) -> int:
-    """Print ``prog: error: <message>`` to stderr (no traceback) and return ``code``."""
-    return report_error(prog, error, code)

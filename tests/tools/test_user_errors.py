@@ -25,6 +25,7 @@ cache_teacher = load_tool("cache_teacher")
 demo = load_tool("demo")
 visualize = load_tool("visualize_json_results")
 export = load_tool("export_model")
+make_toy = load_tool("make_toy_dataset")
 
 
 @pytest.fixture(scope="module")
@@ -364,6 +365,17 @@ CASES = [
 ]
 
 
+def _toy_with_another_seed(w):
+    root = str(w["root"] / "toy_seed")
+    assert (
+        make_toy.main(["--root", root, "--num-train", "2", "--num-val", "1", "--size", "16"]) == 0
+    )
+    return ["--root", root, "--num-train", "2", "--num-val", "1", "--size", "16", "--seed", "1"]
+
+
+CASES += [("make_toy: another seed, same folder", make_toy, _toy_with_another_seed, "seed")]
+
+
 class _Prepare:
     """datasets/prepare_voc_sem_seg.py (its main is clipdistill.data.prepare.voc.main)."""
 
@@ -418,7 +430,7 @@ def test_user_error_is_one_line_with_exit_status_2(world, case, capsys):
 def test_catalogue_is_large_and_covers_every_tool():
     tools = {c[1] for c in CASES}
     assert len(CASES) >= 25
-    assert {train_net, cache_teacher, demo, visualize, export, _Prepare} <= tools
+    assert {train_net, cache_teacher, demo, visualize, export, _Prepare, make_toy} <= tools
 
 
 def test_debug_shows_the_traceback(world):
