@@ -3,7 +3,7 @@ conversion and a resume that survives damaged checkpoints."""
 
 import glob
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -45,15 +45,10 @@ class SegmenterCheckpointer(DetectionCheckpointer):
     :class:`UnreadableCheckpointError` naming it. ``resume_or_load(resume=True)`` falls back from
     an unreadable last checkpoint (or an empty or dangling ``last_checkpoint``) to the newest
     readable checkpoint of ``save_dir``, saying which and why.
-
-    Args:
-        before_save: called by every process before each save, before only the main process
-            writes (``Trainer`` gathers the processes' random states there).
     """
 
-    def __init__(self, *args, before_save: Optional[Callable[[], None]] = None, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.before_save = before_save
         #: files this checkpointer wrote (overwriting any other one is logged)
         self._written = set()
         #: the checkpoint ``resume_or_load`` resumed from (None: it did not resume)
@@ -63,8 +58,6 @@ class SegmenterCheckpointer(DetectionCheckpointer):
     def save(self, name: str, **kwargs: Any) -> None:
         """fvcore's ``save`` (model, checkpointables and ``kwargs`` in ``<save_dir>/<name>.pth``),
         written atomically."""
-        if self.before_save is not None:
-            self.before_save()
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}

@@ -16,7 +16,8 @@ from detectron2.data import (
     build_detection_test_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase
+from detectron2.engine import hooks
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
@@ -80,10 +81,7 @@ class Trainer(DefaultTrainer):
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SegmenterCheckpointer(
-            model,
-            cfg.OUTPUT_DIR,
-            before_save=self._gather_rng_states,
-            trainer=weakref.proxy(self),
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -123,13 +121,25 @@ class Trainer(DefaultTrainer):
             # the checkpoint holds the iteration that had just finished
             self.start_iter = self.iter + 1
 
-    def _gather_rng_states(self) -> None:
-        """Every process, before a checkpoint is saved: collect the random states of all."""
-        self._gathered_rng = comm.all_gather(get_rng_state())
+    def build_hooks(self):
+        """detectron2's hooks, and before the checkpointer (which only the main process runs)
+        one that collects every process's random states where a checkpoint is saved."""
+        ret = super().build_hooks()
+        at = next(
+            i
+            for i, h in enumerate(ret)
+            if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook))
+        )
+        ret.insert(at, _GatherRandomStates(self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        return ret
 
     def state_dict(self):
         ret = super().state_dict()
-        ret["rng"] = self._gathered_rng if self._gathered_rng else [get_rng_state()]
+        gathered = self._gathered_rng
+        if gathered is not None and gathered[0] == self.iter:
+            ret["rng"] = gathered[1]
+        else:  # a save outside the schedule: this process's states only
+            ret["rng"] = [get_rng_state()]
         if isinstance(self._train_loader, ResumableTrainLoader):
             ret["data_stream"] = self._train_loader.state_dict()
         return ret
@@ -279,3 +289,17 @@ def _full_model_clipping(optimizer_cls, max_norm: float, norm_type: float):
 
     FullModelGradientClipping.__name__ = f"FullModelGradientClipping{optimizer_cls.__name__}"
     return FullModelGradientClipping
+
+
+class _GatherRandomStates(HookBase):
+    """In every process, at the iterations where ``PeriodicCheckpointer`` saves (every
+    ``period``, and the last): collect all processes' random states for the checkpoint (a
+    collective; the checkpointer itself runs on the main process only)."""
+
+    def __init__(self, period: int):
+        self.period = period
+
+    def after_step(self):
+        it = self.trainer.iter
+        if (it + 1) % self.period == 0 or it >= self.trainer.max_iter - 1:
+            self.trainer._gathered_rng = (it, comm.all_gather(get_rng_state()))
