@@ -81,7 +81,8 @@ def _run(args) -> int:
     cfg = get_clipdistill_cfg(args.config_file, args.opts)
     cfg.freeze()
     if args.vocabulary_sweep:
-        return _sweep(cfg, args)
+        _sweep(cfg, args)
+        return 0
     result = run_benchmark(
         cfg,
         device=args.device,
@@ -120,10 +121,9 @@ def _sweep(cfg, args) -> list:
     )
     print(tabulate(rows, headers="keys", floatfmt=".1f"))
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output folder")
         command = " ".join(["python", "tools/benchmark.py"] + sys.argv[1:])
-        with open(args.output, "w") as f:
-            json.dump({"command": command, "vocabulary_sweep": rows}, f, indent=1)
+        atomic_save_json(args.output, {"command": command, "vocabulary_sweep": rows})
         print(f"results written to {args.output}")
     return rows
 

@@ -20,7 +20,12 @@ __all__ = ["validate_config", "register_config_check", "check_datasets_registere
 #: extra checks ``fn(cfg, training) -> list of problems`` (architectures add theirs)
 _EXTRA_CHECKS: List[Callable] = []
 
-_LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR")
+_LR_SCHEDULERS = (
+    "WarmupMultiStepLR",
+    "WarmupCosineLR",
+    "WarmupStepWithFixedGammaLR",
+    "WarmupPolyLR",
+)
 _CROP_TYPES = ("relative_range", "relative", "absolute", "absolute_range")
 _SAMPLING = ("choice", "range")
 _FLIP = ("none", "horizontal", "vertical")
