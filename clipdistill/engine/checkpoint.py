@@ -22,7 +22,7 @@ class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint whose keys or shapes do not match the model."""
 
 
-class UnreadableCheckpointError(UserError, ValueError):
+class UnreadableCheckpointError(UserError, RuntimeError):
     """A checkpoint file that is truncated, damaged or not a checkpoint (names the file)."""
 
 
@@ -176,15 +176,6 @@ class SegmenterCheckpointer(DetectionCheckpointer):
             if notes:
                 self.logger.warning(f"Resume: no checkpoint in {self.save_dir}; starting anew.")
         return self.load(path, checkpointables=[])
-
-    def _load_file(self, f: str) -> Dict[str, Any]:
-        try:
-            return super()._load_file(f)
-        except Exception as e:  # truncated or corrupt file, wrong format...
-            raise RuntimeError(
-                f"Cannot read the checkpoint {f} (truncated, corrupt or not a checkpoint?): "
-                f"{type(e).__name__}: {e}"
-            ) from e
 
     def _load_model(self, checkpoint: Dict[str, Any]):
         state = checkpoint["model"]

@@ -37,7 +37,7 @@ from ..data.datasets.register_pseudo_labels import (
 )
 from ..data.datasets.common import datasets_root
 from ..data.prepare.common import atomic_save
-from ..utils.io import atomic_write
+from ..utils.io import atomic_save_json
 from .prediction_cache import config_fingerprint
 
 __all__ = ["make_pseudo_labels", "default_output_dir"]
@@ -56,9 +56,7 @@ def _label_path(output_dir: str, file_name: str, index: int) -> str:
 
 
 def _write_json(path: str, data) -> None:
-    with atomic_write(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
+    atomic_save_json(path, data)
 
 
 def _check_fingerprint(output_dir: str, fingerprint: Dict) -> None:

@@ -114,10 +114,10 @@ def atomic_path(path: str, *, keep_extension: bool = False, fsync: bool = True) 
     there replaces ``path`` atomically (after ``fsync``), else it is removed.
 
     For libraries that want a file name (``safetensors.torch.save_file``, ``cv2.VideoWriter``).
-    ``keep_extension`` ends the temporary name with ``path``'s extension (libraries that pick the
-    format from it). ``fsync=False`` skips the flush to disk (the file is still complete after a
-    kill; only a power loss could leave it short): for bulk outputs whose completeness is checked
-    on the next run.
+    Missing parent folders are created. ``keep_extension`` ends the temporary name with
+    ``path``'s extension (libraries that pick the format from it). ``fsync=False`` skips the
+    flush to disk (the file is still complete after a kill; only a power loss could leave it
+    short): for bulk outputs whose completeness is checked on the next run.
 
     Raises:
         OutputError: the folder is missing or read-only, the disk is full, ... (names the file).
@@ -127,6 +127,7 @@ def atomic_path(path: str, *, keep_extension: bool = False, fsync: bool = True) 
     base = os.path.basename(path)
     suffix = ".tmp" + (os.path.splitext(base)[1] if keep_extension else "")
     try:
+        os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=suffix, dir=folder)
     except OSError as e:
         raise _storage_error(e, path) from e
@@ -157,7 +158,8 @@ def atomic_write(
 
     The data go to a temporary file in the same folder, which replaces ``path`` (``os.replace``)
     only when the block ends without an exception; on an exception it is removed and ``path`` is
-    untouched. ``mode`` is ``"wb"`` or ``"w"`` (text: ``encoding`` defaults to UTF-8).
+    untouched. ``mode`` is ``"wb"`` or ``"w"`` (text: ``encoding`` defaults to UTF-8). Missing
+    parent folders are created. (For a writer that wants a file name, see ``atomic_path``.)
 
     Raises:
         OutputError: the folder is missing or read-only, the disk is full, ... (names the file).

@@ -54,8 +54,11 @@ def test_unwritable_folders_are_named(tmp_path):
     with pytest.raises(OutputError, match="file/sub"):
         ensure_writable_dir(str(tmp_path / "file" / "sub"))
     with pytest.raises(OutputError, match="cannot write"):
-        with atomic_write(str(tmp_path / "missing" / "a.txt"), "w") as f:
+        with atomic_write(str(tmp_path / "file" / "a.txt"), "w") as f:
             f.write("x")
+    with atomic_write(str(tmp_path / "new" / "a.txt"), "w") as f:  # parents are created
+        f.write("x")
+    assert (tmp_path / "new" / "a.txt").read_text() == "x"
 
 
 def test_stale_temporary_files_are_removed(tmp_path):
