@@ -61,13 +61,13 @@ def test_eval_several_datasets_one_table(two_datasets, tmp_path):
     )
     model = build_model(cfg).eval()
     calls = []
-    compute = model.teacher._compute_text_embeddings
+    compute = model.teacher.text_encoder.compute
 
     def counting(names):
         calls.append(tuple(names))
         return compute(names)
 
-    model.teacher._compute_text_embeddings = counting
+    model.teacher.text_encoder.compute = counting
     results = Trainer.test(cfg, model)
     assert set(results) == {NAMES[1], NAMES[2]}
     # each dataset evaluated over its own classes
