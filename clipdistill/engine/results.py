@@ -12,15 +12,24 @@ from ..utils.io import atomic_save_json, atomic_write
 __all__ = ["summarize_results", "write_results"]
 
 METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
+#: added by ZeroShotSemSegEvaluator for datasets with a seen/unseen split
+ZERO_SHOT_METRICS = ("mIoU-seen", "mIoU-unseen", "hIoU")
 
 
 def summarize_results(results: Dict[str, Dict]) -> List[Dict]:
-    """``{dataset: {"sem_seg": {...}}}`` -> one row per dataset with the four headline metrics."""
-    rows = []
-    for name, res in results.items():
-        sem = res.get("sem_seg", {}) if isinstance(res, dict) else {}
-        rows.append({"dataset": name, **{m: sem.get(m, float("nan")) for m in METRICS}})
-    return rows
+    """``{dataset: {"sem_seg": {...}}}`` -> one row per dataset with the four headline metrics,
+    plus seen / unseen mIoU and hIoU when any dataset reports them (NaN for the others)."""
+    sems = {
+        name: (res.get("sem_seg", {}) if isinstance(res, dict) else {})
+        for name, res in results.items()
+    }
+    metrics = METRICS
+    if any(m in sem for sem in sems.values() for m in ZERO_SHOT_METRICS):
+        metrics = METRICS + ZERO_SHOT_METRICS
+    return [
+        {"dataset": name, **{m: sem.get(m, float("nan")) for m in metrics}}
+        for name, sem in sems.items()
+    ]
 
 
 def write_results(rows: List[Dict], output_dir: str) -> str:
@@ -31,11 +40,12 @@ def write_results(rows: List[Dict], output_dir: str) -> str:
     payload = {"detectron2_version": detectron2.__version__, "results": rows}
     atomic_save_json(os.path.join(output_dir, "results.json"), payload, indent=2)
     with atomic_write(os.path.join(output_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["dataset", *METRICS])
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["dataset", *METRICS])
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    metrics = [k for k in rows[0] if k != "dataset"] if rows else list(METRICS)
     return tabulate(
-        [[r["dataset"], *(f"{r[m]:.2f}" for m in METRICS)] for r in rows],
-        headers=["dataset", *METRICS],
+        [[r["dataset"], *(f"{r[m]:.2f}" for m in metrics)] for r in rows],
+        headers=["dataset", *metrics],
     )

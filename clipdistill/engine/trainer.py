@@ -12,13 +12,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.data import (
     DatasetCatalog,
-    MetadataCatalog,
     build_detection_test_loader,
     get_detection_dataset_dicts,
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase
 from detectron2.engine import hooks
-from detectron2.evaluation import SemSegEvaluator
 from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -26,6 +24,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..data import SemSegDatasetMapper
 from ..data.stream import ResumableTrainLoader, build_resumable_loader
+from ..evaluation import build_sem_seg_evaluator
 from ..modeling.segmenter import OpenVocabSegmenter
 from ..utils.rng import get_rng_state, preserve_rng, set_rng_state
 from .checkpoint import SegmenterCheckpointer
@@ -52,7 +51,8 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer for any clipdistill segmenter (an ``OpenVocabSegmenter``): the semantic
-    mapper, ``SemSegEvaluator`` per test dataset, the model's own lr factors, a logged
+    mapper, ``SemSegEvaluator`` per test dataset
+    (seen/unseen mIoU and hIoU too for datasets with a zero-shot split), the model's own lr factors, a logged
     parameter-group table, strict checkpoints and CPU multi-process.
 
     Exact resume: checkpoints also hold every process's random states and the training stream's
@@ -174,18 +174,14 @@ class Trainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
             if len(cfg.DATASETS.TEST) > 1:
                 output_folder = os.path.join(output_folder, dataset_name)
-        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
-        if evaluator_type != "sem_seg":
-            raise NotImplementedError(
-                f"Dataset '{dataset_name}' has evaluator_type={evaluator_type!r}; clipdistill "
-                f"evaluates semantic segmentation ('sem_seg') datasets only"
-            )
-        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        # "sem_seg" -> SemSegEvaluator; "sem_seg_zero_shot" -> seen / unseen mIoU and hIoU too
+        return build_sem_seg_evaluator(dataset_name, output_folder)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """detectron2's test loop over ``DATASETS.TEST`` (each dataset scored with its own
-        vocabulary), then one table dataset x mIoU/fwIoU/mACC/pACC, printed and written to
+        vocabulary), then one table dataset x mIoU/fwIoU/mACC/pACC (and mIoU-seen/mIoU-unseen/hIoU
+        for datasets with a seen/unseen split), printed and written to
         ``OUTPUT_DIR/inference/results.{json,csv}``. The global random states are left as they
         were (an evaluation during training does not change what training draws next)."""
         # TEST.PREDICTION_CACHE: per-image predictions on disk, so an interrupted evaluation

@@ -27,6 +27,7 @@ import torch
 from detectron2.data import MetadataCatalog
 from torch import nn
 
+from ..data.datasets.common import training_class_names
 from ..utils.errors import ConfigError, ConfigKeyError
 from .clip.text import check_class_names
 from .postprocess import CoarseSemSeg
@@ -51,10 +52,12 @@ def dataset_vocabulary(dataset_name: str) -> List[str]:
 
 
 def train_vocabulary_from_cfg(cfg) -> List[str]:
-    """The class names of ``DATASETS.TRAIN[0]`` ([] when there is no training set)."""
+    """The class names the labels of ``DATASETS.TRAIN[0]`` train ([] when there is no training
+    set): its ``seen_classes`` when it has a seen/unseen split (unseen names are never trained),
+    else all its ``stuff_classes``."""
     if not cfg.DATASETS.TRAIN:
         return []
-    return list(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("stuff_classes", []) or [])
+    return training_class_names(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]))
 
 
 class OpenVocabSegmenter(nn.Module):

@@ -26,6 +26,11 @@ def test_builtin_names_do_not_collide_with_detectron2():
                  "voc20_toy_sem_seg_train", "voc20_toy_sem_seg_val"):
         assert name in registered
         assert MetadataCatalog.get(name).evaluator_type == "sem_seg"
+    # the zero-shot protocol of SPNet / ZegFormer / ZegCLIP on the same VOC-20 files
+    zs = MetadataCatalog.get("voc20_zs_sem_seg_val")
+    assert zs.evaluator_type == "sem_seg_zero_shot"
+    assert zs.unseen_classes == ["pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+    assert sorted(zs.seen_classes + zs.unseen_classes) == sorted(zs.stuff_classes)
     # detectron2's own VOC *detection* datasets are untouched
     assert MetadataCatalog.get("voc_2012_train").evaluator_type == "pascal_voc"
     m20, m21 = MetadataCatalog.get("voc20_sem_seg_val"), MetadataCatalog.get("voc21_sem_seg_val")

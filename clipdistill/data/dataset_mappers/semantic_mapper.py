@@ -3,6 +3,9 @@
 detectron2's default ``DatasetMapper`` reads labels in PIL mode "L" (8-bit), which corrupts the
 16-bit TIFF labels of PC-459 and ADE-847. This mapper reads labels unchanged, checks them against
 the image and the class list, and maps the dataset's ``ignore_label`` to the model's ignore value.
+For a dataset with a seen/unseen split (``seen_classes``/``unseen_classes`` in its metadata), the
+training labels are re-indexed into ``seen_classes`` and unseen pixels become ignored, so that no
+unseen pixel ever reaches ``loss_ce``.
 """
 
 import copy
@@ -20,6 +23,8 @@ from detectron2.data import transforms as T
 from detectron2.projects.point_rend import ColorAugSSDTransform
 
 from ...utils.errors import ConfigError, DataError
+
+from ..datasets.common import training_class_names
 
 __all__ = ["SemSegDatasetMapper", "build_sem_seg_augmentation", "read_sem_seg_label"]
 
@@ -76,6 +81,7 @@ class SemSegDatasetMapper:
         ignore_label: int,
         model_ignore_value: int,
         teacher_cache=None,
+        label_map: Optional[np.ndarray] = None,
     ):
         """
         Args:
@@ -95,6 +101,11 @@ class SemSegDatasetMapper:
                 same resize/crop/flip as the image, see ``clipdistill.teacher_cache.sample_dense``)
                 and ``"teacher_global"`` (float16 ``[C]``, per ``GLOBAL_TARGET``); the dense map
                 only when needed (``loss_dense`` on, or ``GLOBAL_TARGET: crop_pool``).
+            label_map (np.ndarray or None): training only; a lookup table from dataset label values
+                to the model's training labels, applied after the augmentation (values not in
+                the table are an error). ``from_config`` builds it for datasets with a
+                seen/unseen split: seen class -> its index in ``seen_classes``, unseen class and
+                ``ignore_label`` -> ``model_ignore_value``.
         """
         if is_train and num_classes is not None and 0 <= model_ignore_value < num_classes:
             raise ConfigError(
@@ -108,6 +119,7 @@ class SemSegDatasetMapper:
         self.ignore_label = ignore_label
         self.model_ignore_value = model_ignore_value
         self.teacher_cache = teacher_cache
+        self.label_map = None if label_map is None else torch.as_tensor(label_map).long()
         logging.getLogger(__name__).info(
             f"[SemSegDatasetMapper] augmentations ({'train' if is_train else 'test'}): "
             f"{augmentations}"
@@ -126,6 +138,9 @@ class SemSegDatasetMapper:
                 f"counts {sorted(ncls)}; one mapper cannot serve them together"
             )
         augs = build_sem_seg_augmentation(cfg, is_train)
+        label_map = None
+        if is_train:
+            label_map = cls.seen_label_map(metas, ignore, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
         teacher_cache = None
         if is_train and cfg.MODEL.CLIPDISTILL.TEACHER_CACHE.ENABLED:
             from ...teacher_cache import open_teacher_caches
@@ -139,7 +154,32 @@ class SemSegDatasetMapper:
             "ignore_label": ignore.pop(),
             "model_ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "teacher_cache": teacher_cache,
+            "label_map": label_map,
         }
+
+    @staticmethod
+    def seen_label_map(metas, ignore_labels, model_ignore_value: int) -> Optional[np.ndarray]:
+        """The training lookup table of datasets with a seen/unseen split, or None without one.
+
+        Every dataset must then have the same classes and split (one table serves them all).
+        """
+        with_split = [m.get("unseen_classes", None) is not None for m in metas]
+        if not any(with_split):
+            return None
+        splits = {(tuple(m.stuff_classes), tuple(training_class_names(m))) for m in metas}
+        if not all(with_split) or len(splits) > 1:
+            raise ValueError(
+                f"Datasets {[m.name for m in metas]} differ in classes or seen/unseen split; "
+                "one mapper cannot train on them together"
+            )
+        classes, seen = splits.pop()
+        ignore = max(ignore_labels)
+        table = np.full(max(ignore, len(classes)) + 1, model_ignore_value, dtype=np.int64)
+        index = {name: i for i, name in enumerate(seen)}
+        for value, name in enumerate(classes):
+            table[value] = index.get(name, model_ignore_value)
+        table[ignore] = model_ignore_value
+        return table
 
     def _check_label(self, label: np.ndarray, label_path: str) -> None:
         if self.num_classes is None:
@@ -196,7 +236,10 @@ class SemSegDatasetMapper:
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if self.is_train and aug_input.sem_seg is not None:
             sem_seg = torch.as_tensor(np.ascontiguousarray(aug_input.sem_seg)).long()
-            sem_seg[sem_seg == self.ignore_label] = self.model_ignore_value
+            if self.label_map is not None:  # seen classes re-indexed, unseen -> ignored
+                sem_seg = self.label_map[sem_seg]
+            else:
+                sem_seg[sem_seg == self.ignore_label] = self.model_ignore_value
             dataset_dict["sem_seg"] = sem_seg
         return dataset_dict
 

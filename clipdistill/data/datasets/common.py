@@ -19,7 +19,12 @@ __all__ = [
     "deterministic_colors",
     "list_sem_seg_files",
     "register_sem_seg",
+    "training_class_names",
+    "ZERO_SHOT_EVALUATOR_TYPE",
 ]
+
+#: ``evaluator_type`` of datasets with a seen/unseen split (``clipdistill.evaluation``).
+ZERO_SHOT_EVALUATOR_TYPE = "sem_seg_zero_shot"
 
 _CLASS_NAMES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "class_names")
 
@@ -144,14 +149,20 @@ def register_sem_seg(
     sem_seg_root: str,
     ignore_label: int = 255,
     stuff_dataset_id_to_contiguous_id: Optional[Dict[int, int]] = None,
+    unseen_classes: Optional[Sequence[str]] = None,
     **extra_metadata,
 ) -> None:
     """Register one semantic-segmentation dataset in DatasetCatalog/MetadataCatalog.
 
     Sets ``stuff_classes``, deterministic ``stuff_colors``, ``ignore_label``,
     ``evaluator_type="sem_seg"``, roots, and the id mapping only when ids are not contiguous.
+
+    With ``unseen_classes`` (the zero-shot protocol of ZS3Net/SPNet/ZegFormer/ZegCLIP), the
+    metadata also holds ``seen_classes`` (the others, in label order) and ``unseen_classes``, and
+    ``evaluator_type`` is ``"sem_seg_zero_shot"`` (seen / unseen mIoU and hIoU). In training the
+    mapper sets the pixels of unseen classes to the ignore value and the model's training
+    vocabulary is ``seen_classes`` (``training_class_names``); evaluation scores every class.
     """
-    DatasetCatalog.register(name, loader)
     meta = dict(
         stuff_classes=list(stuff_classes),
         stuff_colors=deterministic_colors(len(stuff_classes)),
@@ -161,6 +172,27 @@ def register_sem_seg(
         evaluator_type="sem_seg",
         **extra_metadata,
     )
+    if unseen_classes is not None:
+        unseen = list(unseen_classes)
+        unknown = [c for c in unseen if c not in meta["stuff_classes"]]
+        if unknown or not unseen or len(set(unseen)) != len(unseen):
+            raise ValueError(
+                f"Dataset '{name}': unseen_classes must be distinct names of its "
+                f"stuff_classes; not classes: {unknown}, given: {unseen}"
+            )
+        meta["unseen_classes"] = [c for c in meta["stuff_classes"] if c in set(unseen)]
+        meta["seen_classes"] = [c for c in meta["stuff_classes"] if c not in set(unseen)]
+        meta["evaluator_type"] = ZERO_SHOT_EVALUATOR_TYPE
     if stuff_dataset_id_to_contiguous_id is not None:
         meta["stuff_dataset_id_to_contiguous_id"] = dict(stuff_dataset_id_to_contiguous_id)
+    DatasetCatalog.register(name, loader)
     MetadataCatalog.get(name).set(**meta)
+
+
+def training_class_names(metadata) -> List[str]:
+    """The classes a model is trained on with a dataset: ``seen_classes`` when the dataset has a
+    seen/unseen split, else ``stuff_classes`` (``[]`` when it has neither)."""
+    seen = metadata.get("seen_classes", None)
+    if seen is not None:
+        return list(seen)
+    return list(metadata.get("stuff_classes", None) or [])

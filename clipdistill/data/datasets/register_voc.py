@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 semantic segmentation, standard VOCdevkit layout, plus the generated toy set.
+"""PASCAL VOC 2012 semantic segmentation, standard VOCdevkit layout, plus a generated VOC-layout set.
 
 Names (none collides with detectron2's ``voc_2012_*`` *detection* datasets):
 
@@ -6,8 +6,13 @@ Names (none collides with detectron2's ``voc_2012_*`` *detection* datasets):
   ``annotations_detectron2/<split>`` written by ``datasets/prepare_voc_sem_seg.py``.
 - ``voc21_sem_seg_{train,val}``: 21 classes, ``background`` is class 0 (the raw VOC encoding, as in
   FC-CLIP); labels read directly from ``SegmentationClass``.
-- ``voc20_toy_sem_seg_{train,val}``: the embedded toy dataset (``tools/make_toy_dataset.py``), same
-  layout and same code, under ``<root>/voc_toy``.
+- ``voc20_zs_sem_seg_{train,val}``: VOC-20 (same files) with the zero-shot split of SPNet,
+  ZegFormer and ZegCLIP: 15 seen classes, 5 unseen (``class_names/voc20_unseen.txt``: potted
+  plant, sheep, sofa, train, tv monitor); unseen pixels are ignored in training, evaluation
+  reports seen / unseen mIoU and hIoU.
+- ``voc20_toy_sem_seg_{train,val}``: a small generated set in the VOC layout
+  (``tools/make_toy_dataset.py --dataset voc_toy``), read by the same code, under
+  ``<root>/voc_toy``; the tests and the small configs of the other architectures use it.
 """
 
 import os
@@ -40,19 +45,24 @@ def voc_split_ids(voc_root: str, split: str, dataset_name: str, hint: str):
 
 
 def register_voc(prefix: str, voc_root: str, prepare_hint: str) -> None:
-    """Register ``<prefix>20_sem_seg_{train,val}`` and ``<prefix>21_sem_seg_{train,val}``.
+    """Register ``voc20_sem_seg_{train,val}``, ``voc21_sem_seg_{train,val}`` and
+    ``voc20_zs_sem_seg_{train,val}`` for the prefix ``"voc"``; any other prefix (the toy set,
+    the tests' copies) registers the 20-class variant only, as ``<prefix>_sem_seg_{train,val}``.
 
     Args:
-        prefix (str): ``"voc"`` or ``"voc20_toy"``-style prefix; see module docstring.
+        prefix (str): ``"voc"``, ``"voc20_toy"`` or a test's own prefix.
         voc_root (str): the ``VOC2012`` folder (JPEGImages, SegmentationClass, ImageSets).
         prepare_hint (str): how to create the data, shown when it is missing.
     """
     voc20 = load_class_names("voc20.txt")
     image_root = os.path.join(voc_root, "JPEGImages")
-    variants = [("20", voc20, "annotations_detectron2/{split}")]
+    variants = [("20", voc20, "annotations_detectron2/{split}", None)]
     if prefix == "voc":
-        variants.append(("21", ["background"] + voc20, "SegmentationClass"))
-    for suffix, classes, gt_pattern in variants:
+        variants += [
+            ("21", ["background"] + voc20, "SegmentationClass", None),
+            ("20_zs", voc20, "annotations_detectron2/{split}", load_class_names("voc20_unseen.txt")),
+        ]
+    for suffix, classes, gt_pattern, unseen in variants:
         for split in ("train", "val"):
             name = (
                 f"{prefix}{suffix}_sem_seg_{split}"
@@ -74,6 +84,7 @@ def register_voc(prefix: str, voc_root: str, prepare_hint: str) -> None:
                 image_root=image_root,
                 sem_seg_root=gt_root,
                 ignore_label=255,
+                unseen_classes=unseen,
             )
 
 
@@ -87,7 +98,7 @@ def register_all_voc(root: str) -> None:
     register_voc(
         "voc20_toy",
         os.path.join(root, VOC_TOY_SUBDIR),
-        "Generate it with `python tools/make_toy_dataset.py`.",
+        "Generate it with `python tools/make_toy_dataset.py --dataset voc_toy`.",
     )
 
 

@@ -84,7 +84,8 @@ class SegStudent(OpenVocabSegmenter):
         Args:
             backbone: multi-scale feature extractor. proj: fuses the scales (width D).
             clip_proj: 1x1 projection D -> C (CLIP joint space). seg_head: classifier head.
-            teacher: frozen CLIP teacher. train_vocabulary: class names of the training set.
+            teacher: frozen CLIP teacher. train_vocabulary: class names of the training labels
+                (the training set's ``seen_classes`` when it has a seen/unseen split).
             pixel_mean, pixel_std: the student's normalisation, 0..255 RGB.
             ignore_value: ignored label value in ``"sem_seg"``.
             loss_weights: ``{"loss_ce", "loss_global", "loss_local", "loss_dense"} -> weight``;

@@ -1,0 +1,107 @@
+"""Seen / unseen mIoU and their harmonic mean hIoU: the zero-shot segmentation protocol.
+
+ZS3Net, SPNet, ZegFormer and ZegCLIP score every class of the test set (seen and unseen names in
+one vocabulary, "generalised zero-shot"), then report the mean IoU over the seen classes, over the
+unseen classes, and ``hIoU = 2 * mIoU(seen) * mIoU(unseen) / (mIoU(seen) + mIoU(unseen))``.
+"""
+
+import logging
+import os
+from typing import Dict, Sequence
+
+import numpy as np
+import torch
+
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import SemSegEvaluator
+from detectron2.utils.file_io import PathManager
+
+from ..data.datasets.common import ZERO_SHOT_EVALUATOR_TYPE
+
+__all__ = ["ZeroShotSemSegEvaluator", "build_sem_seg_evaluator", "seen_unseen_miou"]
+
+logger = logging.getLogger(__name__)
+
+
+def seen_unseen_miou(conf_matrix: np.ndarray, unseen: Sequence[bool]) -> Dict[str, float]:
+    """Seen / unseen mIoU and hIoU (in %) from detectron2's confusion matrix.
+
+    Args:
+        conf_matrix: ``[K+1, K+1]`` counts indexed ``[prediction, ground truth]``, the last row
+            and column being the ignored pixels (``SemSegEvaluator._conf_matrix``).
+        unseen: ``[K]`` bool, True for unseen classes.
+    Returns:
+        ``{"mIoU-seen", "mIoU-unseen", "hIoU"}``. As detectron2's mIoU, each mean runs over the
+        classes present in the ground truth; a group with no such class gives NaN (and so does
+        hIoU).
+    """
+    unseen = np.asarray(unseen, dtype=bool)
+    conf = np.asarray(conf_matrix, dtype=np.float64)[:-1, :-1]
+    if conf.shape != (len(unseen), len(unseen)):
+        raise ValueError(f"confusion matrix {conf_matrix.shape} vs {len(unseen)} classes")
+    tp = np.diag(conf)
+    pos_gt = conf.sum(axis=0)
+    union = pos_gt + conf.sum(axis=1) - tp
+    valid = (pos_gt > 0) & (union > 0)
+    iou = np.divide(tp, union, out=np.zeros_like(tp), where=valid)
+
+    def mean(group):
+        sel = valid & group
+        return 100.0 * float(iou[sel].mean()) if sel.any() else float("nan")
+
+    seen_miou, unseen_miou = mean(~unseen), mean(unseen)
+    total = seen_miou + unseen_miou
+    if np.isnan(total):
+        h = float("nan")
+    else:
+        h = 2 * seen_miou * unseen_miou / total if total > 0 else 0.0
+    return {"mIoU-seen": seen_miou, "mIoU-unseen": unseen_miou, "hIoU": h}
+
+
+class ZeroShotSemSegEvaluator(SemSegEvaluator):
+    """``SemSegEvaluator`` plus ``mIoU-seen``, ``mIoU-unseen`` and ``hIoU`` in its results.
+
+    The split comes from the dataset's metadata (``unseen_classes``, set by ``register_sem_seg``);
+    everything else (predictions JSON, per-class IoU, mIoU over all classes) is detectron2's.
+    """
+
+    def __init__(self, dataset_name: str, distributed: bool = True, output_dir=None, **kwargs):
+        super().__init__(dataset_name, distributed=distributed, output_dir=output_dir, **kwargs)
+        unseen = MetadataCatalog.get(dataset_name).get("unseen_classes", None)
+        if not unseen:
+            raise ValueError(
+                f"Dataset '{dataset_name}' has no 'unseen_classes' in its metadata: the "
+                f"seen/unseen evaluator needs a split (register it with unseen_classes=...)"
+            )
+        self._unseen = np.array([name in set(unseen) for name in self._class_names])
+
+    def evaluate(self):
+        results = super().evaluate()
+        if results is None:  # not the main process
+            return results
+        extra = seen_unseen_miou(self._conf_matrix, self._unseen)
+        results["sem_seg"].update(extra)
+        if self._output_dir:  # rewrite detectron2's file with the new keys
+            path = os.path.join(self._output_dir, "sem_seg_evaluation.pth")
+            with PathManager.open(path, "wb") as f:
+                torch.save(dict(results["sem_seg"]), f)
+        logger.info(
+            f"{self._dataset_name}: mIoU seen {extra['mIoU-seen']:.2f}, unseen "
+            f"{extra['mIoU-unseen']:.2f}, hIoU {extra['hIoU']:.2f} "
+            f"({int((~self._unseen).sum())} seen / {int(self._unseen.sum())} unseen classes)"
+        )
+        return results
+
+
+def build_sem_seg_evaluator(dataset_name: str, output_dir=None, distributed: bool = True):
+    """The evaluator of a dataset, chosen by its ``evaluator_type``: ``"sem_seg"`` ->
+    detectron2's ``SemSegEvaluator``, ``"sem_seg_zero_shot"`` -> ``ZeroShotSemSegEvaluator``."""
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type == "sem_seg":
+        return SemSegEvaluator(dataset_name, distributed=distributed, output_dir=output_dir)
+    if evaluator_type == ZERO_SHOT_EVALUATOR_TYPE:
+        return ZeroShotSemSegEvaluator(dataset_name, distributed=distributed, output_dir=output_dir)
+    raise NotImplementedError(
+        f"Dataset '{dataset_name}' has evaluator_type={evaluator_type!r}; clipdistill evaluates "
+        f"semantic segmentation ('sem_seg', '{ZERO_SHOT_EVALUATOR_TYPE}') datasets only"
+    )
