@@ -10,13 +10,18 @@ setup:
 	bash scripts/setup_env.sh
 	bash scripts/install_fonts.sh
 
+# The open-vocabulary testbed (docs/TESTBED.md): generate the captioned world, then one table of
+# seen / unseen mIoU and hIoU for the shipped teacher itself, the distilled student and a
+# loss_ce-only control (two students at once, one core each); re-evaluate the student's
+# checkpoint with the user's --eval-only command and render its predictions.
 toy: setup
 	$(PY) tools/make_toy_dataset.py
-	$(PY) tools/train_net.py --config-file configs/voc_toy.yaml OUTPUT_DIR $(TOY_OUT)
+	$(PY) tools/loss_table.py --config-file configs/voc_toy.yaml --variants config ce --seeds 0 \
+		--jobs 2 --output $(TOY_OUT)
 	$(PY) tools/train_net.py --config-file configs/voc_toy.yaml --eval-only \
-		MODEL.WEIGHTS $(TOY_OUT)/model_final.pth OUTPUT_DIR $(TOY_OUT)/eval
+		MODEL.WEIGHTS $(TOY_OUT)/config/seed0/model_final.pth OUTPUT_DIR $(TOY_OUT)/eval
 	$(PY) tools/visualize_json_results.py --input $(TOY_OUT)/eval/inference/sem_seg_predictions.json \
-		--output $(TOY_OUT)/viz --dataset voc20_toy_sem_seg_val --limit 8
+		--output $(TOY_OUT)/viz --dataset testbed_sem_seg_val --limit 8
 
 test: setup
 	bash scripts/install_browser.sh

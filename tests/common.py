@@ -14,6 +14,9 @@ from clipdistill.engine.setup import get_clipdistill_cfg  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
+#: the small config most tests build on: the VOC-layout toy set and a tiny random CLIP
+#: (configs/voc_toy.yaml, the embedded default, is the testbed with its trained CLIP)
+TOY_CONFIG = os.path.join(CONFIGS, "segstudent", "segstudent_effb0_toyclip_voc20toy_300.yaml")
 
 # offline, tiny: timm's test_efficientnet (82k params) + the tiny random CLIP teacher
 TINY_OPTS = [
@@ -73,8 +76,8 @@ TINY_SAN_OPTS = [
 ]
 
 
-def tiny_cfg(*opts, config_file=os.path.join(CONFIGS, "voc_toy.yaml")):
-    """The toy config made tiny and offline, plus ``opts``."""
+def tiny_cfg(*opts, config_file=TOY_CONFIG):
+    """The VOC-layout toy config made tiny and offline, plus ``opts``."""
     return get_clipdistill_cfg(config_file, TINY_OPTS + list(opts))
 
 

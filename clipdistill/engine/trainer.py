@@ -51,9 +51,9 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer for any clipdistill segmenter (an ``OpenVocabSegmenter``): the semantic
-    mapper, ``SemSegEvaluator`` per test dataset
-    (seen/unseen mIoU and hIoU too for datasets with a zero-shot split), the model's own lr factors, a logged
-    parameter-group table, strict checkpoints and CPU multi-process.
+    mapper, ``SemSegEvaluator`` per test dataset (seen/unseen mIoU and hIoU too for datasets with
+    a zero-shot split), the model's own lr factors, a logged parameter-group table, strict
+    checkpoints and CPU multi-process.
 
     Exact resume: checkpoints also hold every process's random states and the training stream's
     seed (``clipdistill.data.stream``); ``--resume`` restores them and continues the stream at

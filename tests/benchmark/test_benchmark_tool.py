@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from clipdistill.benchmark import INFERENCE_FIELDS, TRAINING_FIELDS
-from common import REPO, TINY_OPTS
+from common import REPO, TINY_OPTS, TOY_CONFIG
 
 
 def _number(v):
@@ -21,7 +21,7 @@ def test_benchmark_command_writes_complete_json(tmp_path):
         sys.executable,
         "tools/benchmark.py",
         "--config-file",
-        os.path.join(REPO, "configs", "voc_toy.yaml"),
+        TOY_CONFIG,
         "--device",
         "cpu",
         "--size",

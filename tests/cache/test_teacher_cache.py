@@ -324,6 +324,8 @@ def test_two_process_build_with_launch(tmp_path):
         [
             sys.executable,
             "tools/make_toy_dataset.py",
+            "--dataset",
+            "voc_toy",
             "--num-train",
             "2",
             "--num-val",

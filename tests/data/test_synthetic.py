@@ -22,6 +22,7 @@ from clipdistill.data.synthetic import (
     sample_scenes,
 )
 from clipdistill.data.synthetic.writer import generate_testbed
+from clipdistill.utils.errors import DataError
 from PIL import Image
 
 
@@ -107,8 +108,12 @@ def test_generation_is_deterministic_and_resumable(tmp_path):
     generate_testbed(b, num_train=12, num_val=6, size=48, seed=3)
     generate_testbed(c, num_train=12, num_val=6, size=48, seed=4)
     da, db = _digest(a), _digest(b)
-    assert da == db and len(da) == 2 * 18 + 2
+    assert da == db and len(da) == 2 * 18 + 2 + 1  # images, labels, captions, testbed.json
     assert _digest(c) != da
+    # the same folder with other arguments: an error naming the difference, nothing overwritten
+    with pytest.raises(DataError, match=r"'seed': \(3, 5\)"):
+        generate_testbed(a, num_train=12, num_val=6, size=48, seed=5)
+    assert _digest(a) == db
     # interrupted run: files missing -> re-running completes them identically
     os.remove(os.path.join(a, "annotations_detectron2", "train", "train_000005.png"))
     os.remove(os.path.join(a, "images", "val", "val_000002.png"))

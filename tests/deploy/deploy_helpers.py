@@ -6,7 +6,7 @@ import os
 
 from common import REPO, load_tool  # noqa: F401  (re-exported for the deployment tests)
 
-TOY_CONFIG = os.path.join(REPO, "configs", "voc_toy.yaml")
+TOY_CONFIG = os.path.join(REPO, "configs", "segstudent", "segstudent_effb0_toyclip_voc20toy_300.yaml")
 
 
 class ListHandler(logging.Handler):

@@ -19,10 +19,10 @@ from detectron2.modeling import build_model
 from clipdistill.engine import SegmenterCheckpointer, Trainer
 from clipdistill.engine.checkpoint import UnreadableCheckpointError
 from common import fresh_loggers  # noqa: F401  (autouse fixture)
-from common import CONFIGS, REPO, file_size_limit, load_tool, make_tiny_toy, tiny_cfg
+from common import CONFIGS, REPO, TOY_CONFIG, file_size_limit, load_tool, make_tiny_toy, tiny_cfg
 from common import tiny_train_opts
 
-TOY_CFG = os.path.join(CONFIGS, "voc_toy.yaml")
+TOY_CFG = TOY_CONFIG
 train_net = load_tool("train_net")
 
 

@@ -11,9 +11,9 @@ from clipdistill.deploy.cli import config_keys
 from clipdistill.engine.setup import get_clipdistill_cfg
 from clipdistill.engine.validate import validate_config
 from clipdistill.utils.errors import ConfigError, UserError
-from common import CONFIGS, tiny_cfg
+from common import CONFIGS, TOY_CONFIG, tiny_cfg
 
-TOY = os.path.join(CONFIGS, "voc_toy.yaml")
+TOY = TOY_CONFIG
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,10 @@ from detectron2.modeling import build_model
 
 from clipdistill.data.datasets.register_voc import register_voc
 from clipdistill.data.prepare import voc as prepare_voc
-from common import CONFIGS, TINY_OPTS, fresh_loggers  # noqa: F401  (autouse fixture)
+from common import CONFIGS, TINY_OPTS, TOY_CONFIG, fresh_loggers  # noqa: F401  (autouse fixture)
 from common import load_tool, make_tiny_toy, tiny_cfg, tiny_train_opts
 
-TOY_CFG = os.path.join(CONFIGS, "voc_toy.yaml")
+TOY_CFG = TOY_CONFIG
 train_net = load_tool("train_net")
 cache_teacher = load_tool("cache_teacher")
 demo = load_tool("demo")
@@ -368,9 +368,9 @@ CASES = [
 def _toy_with_another_seed(w):
     root = str(w["root"] / "toy_seed")
     assert (
-        make_toy.main(["--root", root, "--num-train", "2", "--num-val", "1", "--size", "16"]) == 0
+        make_toy.main(["--root", root, "--num-train", "2", "--num-val", "1", "--size", "32"]) == 0
     )
-    return ["--root", root, "--num-train", "2", "--num-val", "1", "--size", "16", "--seed", "1"]
+    return ["--root", root, "--num-train", "2", "--num-val", "1", "--size", "32", "--seed", "1"]
 
 
 CASES += [("make_toy: another seed, same folder", make_toy, _toy_with_another_seed, "seed")]

@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from ...utils.errors import DataError
+from ...utils.io import atomic_path, atomic_save_json
 from .render import DEFAULT_NUM_OBJECTS_P, render_scenes, sample_scenes
 from .world import DEFAULT_WORLD, World, caption_of
 
@@ -30,9 +32,9 @@ def split_seed(seed: int, split: str) -> np.random.Generator:
 
 
 def _write_png(path: str, array: np.ndarray) -> None:
-    tmp = path + ".tmp.png"
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    # no fsync per image: a file is complete after a kill, and a re-run checks them all
+    with atomic_path(path, fsync=False) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def generate_testbed(
@@ -48,7 +50,9 @@ def generate_testbed(
 
     Deterministic: the same arguments give the same files, byte for byte. Resumable: existing
     image and label files are kept (every scene is still drawn, so the stream does not shift);
-    every file is written to a temporary name and renamed.
+    every file is written to a temporary name and renamed. The arguments are recorded in
+    ``testbed.json``; re-running into the same folder with others (e.g. another ``seed``) is an
+    error rather than a mix of two datasets.
 
     Args:
         root: destination folder (``$DETECTRON2_DATASETS/testbed`` for the registered dataset).
@@ -59,10 +63,38 @@ def generate_testbed(
         num_objects_p: probabilities of 0, 1, 2, 3 objects per image.
     Returns:
         ``root``.
+
+    Raises:
+        DataError: ``root`` holds a testbed generated with other arguments.
     """
     for split, n in (("train", num_train), ("val", num_val)):
         if n <= 0:
             raise ValueError(f"num_{split}={n}: need at least one image")
+    params = {
+        "num_train": num_train,
+        "num_val": num_val,
+        "size": size,
+        "seed": seed,
+        "class_names": world.class_names,
+        "unseen_classes": world.unseen_classes,
+        "num_objects_p": [float(p) for p in num_objects_p],
+    }
+    record = os.path.join(root, "testbed.json")
+    if os.path.isfile(record):
+        with open(record, encoding="utf-8") as f:
+            try:
+                old = json.load(f)
+            except ValueError:
+                old = None
+        if old is not None and old != params:
+            changed = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
+            raise DataError(
+                f"{root} holds a testbed generated with other arguments ({changed}, as "
+                "(there, asked)): delete the folder first (or pass another --root)"
+            )
+    os.makedirs(root, exist_ok=True)
+    atomic_save_json(record, params)
+    for split, n in (("train", num_train), ("val", num_val)):
         rng = split_seed(seed, split)
         image_dir = os.path.join(root, "images", split)
         label_dir = os.path.join(root, "annotations_detectron2", split)
@@ -89,8 +121,5 @@ def generate_testbed(
             "seed": seed,
             "images": records,
         }
-        path = os.path.join(root, "captions", f"{split}.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(payload, f, indent=0)
-        os.replace(path + ".tmp", path)
+        atomic_save_json(os.path.join(root, "captions", f"{split}.json"), payload, indent=0)
     return root

@@ -25,6 +25,12 @@ method         last block                                                  posit
                a Gaussian (std 5 patches) of the distance between patch
                positions, 0 for the class token (NACLIP, Hajimiri et al.,
                WACV 2025)
+``tokens``     the block unchanged: ``x' = x + O(softmax(s q k^T) v);``     ``size``
+               ``x' = x' + mlp(ln_2(x'))``, the tower's own patch tokens.
+               Poor for class-token towers (MaskCLIP's starting point);
+               exact for towers whose image embedding is the mean of their
+               patch tokens (the testbed CLIP): the mean of these features
+               is the image embedding
 ============== ========================================================== ====================
 
 then ``ln_post`` and ``proj`` on every patch token. The positional-embedding resampling of each
@@ -56,7 +62,8 @@ class DenseMethod:
 
     Attributes:
         attention: ``"value"`` (every token attends to itself only), ``"csa"`` (q-q + k-k),
-            ``"qq"``, ``"kk_neighbourhood"`` (k-k plus a Gaussian neighbourhood bias).
+            ``"qq"``, ``"kk_neighbourhood"`` (k-k plus a Gaussian neighbourhood bias), ``"qk"``
+            (the block's own attention).
         residual: add the block's input back after the attention branch.
         mlp: apply the block's MLP (with its residual) after that.
         pos_resampling: ``vit.POS_EMBED_RESAMPLING`` entry used by the method's authors.
@@ -77,6 +84,7 @@ DENSE_METHODS: Dict[str, DenseMethod] = {
     "sclip": DenseMethod("csa", True, True, "scale_factor", "SCLIP (ECCV 2024)"),
     "clearclip": DenseMethod("qq", False, False, "scale_factor", "ClearCLIP (ECCV 2024)"),
     "naclip": DenseMethod("kk_neighbourhood", False, False, "scale_factor", "NACLIP (WACV 2025)"),
+    "tokens": DenseMethod("qk", True, True, "size", "the tower's own patch tokens"),
 }
 
 #: Standard deviation (in patches) of NACLIP's Gaussian neighbourhood bias (its default).
@@ -116,6 +124,8 @@ def _attend(block: nn.Module, y: torch.Tensor, kind: str, grid, naclip_std: floa
     if kind == "value":
         return vit.attention_output(block, v)
     s = vit.attention_scale(q)
+    if kind == "qk":
+        return vit.attention_output(block, ((q @ k.transpose(-1, -2)) * s).softmax(-1) @ v)
     qq = (q @ q.transpose(-1, -2)) * s if kind in ("csa", "qq") else None
     kk = (k @ k.transpose(-1, -2)) * s if kind in ("csa", "kk_neighbourhood") else None
     if kind == "csa":

@@ -6,8 +6,9 @@ on local rank 0 first (it may download), with errors that name the config keys a
 ``weights_identity(weights)`` is the one definition of what a weights setting *is* (used by every
 cache keyed by the weights: text embeddings, teacher outputs).
 
-Importing this module registers clipdistill's extra open_clip architectures (``model_configs/``),
-among them the tiny ``ViT-T-16-toy`` used by the tests.
+Importing this module registers clipdistill's extra open_clip architectures (``model_configs/``):
+the tiny ``ViT-T-16-toy`` used by the tests, and ``ViT-8-testbed``, the testbed's own small CLIP
+(its conv-stem image tower is registered with timm by ``conv_stem_vit``).
 """
 
 import hashlib
@@ -20,9 +21,11 @@ from typing import Optional, Tuple
 import open_clip
 import torch
 from detectron2.utils import comm
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from ...utils.errors import ConfigError, ResourceError
+from . import conv_stem_vit  # noqa: F401  (registers the testbed CLIP's image tower with timm)
 
 __all__ = [
     "load_open_clip",
@@ -31,6 +34,7 @@ __all__ = [
     "sha256_file",
     "MODEL_CONFIG_DIR",
     "TOY_MODEL_NAME",
+    "clip_pixel_stats",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +48,17 @@ _WEIGHT_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
 _SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
 #: seed of the random initialisation used when no weights are given
 RANDOM_INIT_SEED = 0
+
+
+def clip_pixel_stats(visual: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)``, each ``[1, 3, 1, 1]`` float32 on the 0..255 scale: the normalisation of a
+    CLIP image tower's own preprocessing (OpenAI's constants unless the tower defines its own)."""
+    mean = getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
+    std = getattr(visual, "image_std", None) or OPENAI_DATASET_STD
+    return (
+        torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0,
+        torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0,
+    )
 
 
 def _register_model_configs() -> None:

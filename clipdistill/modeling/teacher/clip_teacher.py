@@ -22,7 +22,6 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 from torch import nn
@@ -30,7 +29,7 @@ from torch import nn
 from ...utils.errors import ConfigError
 from ..clip import vit
 from ..clip.dense import DENSE_METHODS, dense_features
-from ..clip.loader import MODEL_CONFIG_DIR, TOY_MODEL_NAME, load_open_clip
+from ..clip.loader import MODEL_CONFIG_DIR, TOY_MODEL_NAME, clip_pixel_stats, load_open_clip
 from ..clip.text import PROMPT_TEMPLATES, TextEncoder, check_class_names
 from .frozen import FrozenAuxiliary
 
@@ -129,17 +128,12 @@ class CLIPTeacher(FrozenAuxiliary):
         #: ``weights_identity`` of the weights (the key of every cache of this teacher's outputs)
         self.weights_identity = identity
 
-        visual = model.visual
+        visual = vit.vision_transformer_of(model.visual)
         self._native_size = _to_2tuple(getattr(visual, "image_size", 224))
         # Normalisation constants of the CLIP model's own preprocessing (0..255 scale).
-        mean = getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
-        std = getattr(visual, "image_std", None) or OPENAI_DATASET_STD
-        self.register_buffer(
-            "pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0, False
-        )
-        self.register_buffer(
-            "pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0, False
-        )
+        mean, std = clip_pixel_stats(visual)
+        self.register_buffer("pixel_mean", mean, False)
+        self.register_buffer("pixel_std", std, False)
 
         self._embed_dim = self._infer_embed_dim(model)
         self._patch_size = self._infer_patch_size(visual)
@@ -227,7 +221,7 @@ class CLIPTeacher(FrozenAuxiliary):
         """
         size = (self.image_size, self.image_size)
         x = self._preprocess(images, size)
-        visual = self.model.visual
+        visual = vit.vision_transformer_of(self.model.visual)
         if size == self._native_size:
             feats = self.model.encode_image(x)
         else:  # a VisionTransformer (checked in __init__)

@@ -1,0 +1,306 @@
+"""Which losses carry the open-vocabulary transfer: train students with loss subsets and seeds,
+score them on seen / unseen mIoU and hIoU, and tabulate them beside the teacher itself.
+
+Each student run is ``tools/train_net.py`` in a subprocess (the user's own command, with the
+variant's loss weights and the seed as overrides); a run whose results exist is not repeated, so
+an interrupted table resumes. The teacher row is the same CLIP, with the same dense method, used
+directly as a training-free segmenter (the ``MaskCLIP`` META_ARCH on the whole image) on the same
+test set, also through ``tools/train_net.py --eval-only``.
+"""
+
+import logging
+import math
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from tabulate import tabulate
+
+from ..modeling.clip.dense import DENSE_METHODS
+from ..utils.io import atomic_save_json, atomic_write
+
+__all__ = [
+    "LOSSES",
+    "Variant",
+    "parse_variant",
+    "variant_overrides",
+    "run_student",
+    "read_metrics",
+    "aggregate",
+    "format_table",
+    "TEACHER_OVERRIDES",
+    "run_table",
+]
+
+logger = logging.getLogger(__name__)
+
+#: loss name in a variant -> its weight key under MODEL.CLIPDISTILL.LOSS
+LOSSES = {
+    "ce": "CE_WEIGHT",
+    "global": "GLOBAL_WEIGHT",
+    "local": "LOCAL_WEIGHT",
+    "dense": "DENSE_WEIGHT",
+}
+#: config key of the teacher's dense-feature method, for variants "ce+dense@<method>"
+DENSE_METHOD_KEY = "MODEL.CLIPDISTILL.TEACHER.DENSE_METHOD"
+METRICS = ("mIoU-seen", "mIoU-unseen", "hIoU", "mIoU")
+#: a student config made into its teacher's own zero-shot segmenter: the same CLIP and dense
+#: method (MODEL.CLIPDISTILL.TEACHER.*), scored on the whole image
+TEACHER_OVERRIDES = ("MODEL.META_ARCHITECTURE", "MaskCLIP", "MODEL.MASKCLIP.SLIDE_WINDOW", "0")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A set of losses (``"ce+global+local"``), optionally with a dense method
+    (``"ce+dense@sclip"``); ``"config"`` keeps the config file's own weights."""
+
+    name: str
+    losses: Tuple[str, ...]
+    dense_method: Optional[str] = None
+
+
+def parse_variant(name: str) -> Variant:
+    """``"ce+global"`` -> ``Variant``; unknown losses are an error naming the known ones."""
+    if name == "config":
+        return Variant(name, ())
+    body, _, method = name.partition("@")
+    losses = tuple(p for p in body.split("+") if p)
+    unknown = [p for p in losses if p not in LOSSES]
+    if unknown or not losses:
+        raise ValueError(
+            f"variant {name!r}: unknown losses {unknown}; use '+'-joined names of {list(LOSSES)} "
+            "(optionally '@<dense method>'), or 'config'"
+        )
+    if method and "dense" not in losses:
+        raise ValueError(f"variant {name!r}: '@{method}' needs the dense loss")
+    return Variant(name, losses, method or None)
+
+
+def variant_overrides(variant: Variant, cfg) -> List[str]:
+    """Config overrides of ``variant``: enabled losses keep the config's weight (1.0 where the
+    config has 0), the others get 0."""
+    if variant.name == "config":
+        return []
+    out = []
+    for loss, key in LOSSES.items():
+        weight = float(getattr(cfg.MODEL.CLIPDISTILL.LOSS, key))
+        if loss in variant.losses:
+            weight = weight if weight > 0 else 1.0
+        else:
+            weight = 0.0
+        out += [f"MODEL.CLIPDISTILL.LOSS.{key}", str(weight)]
+    if variant.dense_method:
+        node = cfg
+        for part in DENSE_METHOD_KEY.split(".")[:-1]:
+            node = node[part]
+        if DENSE_METHOD_KEY.rsplit(".", 1)[1] not in node:
+            raise ValueError(
+                f"variant {variant.name!r}: this config has no {DENSE_METHOD_KEY} (the teacher "
+                "has a single dense method); use 'ce+dense'"
+            )
+        out += [DENSE_METHOD_KEY, variant.dense_method]
+    return out
+
+
+def read_metrics(output_dir: str) -> Optional[Dict[str, float]]:
+    """The metrics of a finished run (``inference/sem_seg_evaluation.pth``), or None."""
+    path = os.path.join(output_dir, "inference", "sem_seg_evaluation.pth")
+    if not os.path.isfile(path):
+        return None
+    res = torch.load(path, weights_only=False)
+    return {m: float(res.get(m, float("nan"))) for m in METRICS}
+
+
+def run_student(
+    config_file: str,
+    output_dir: str,
+    overrides: Sequence[str],
+    seed: int,
+    num_gpus: int = 1,
+    log_path: Optional[str] = None,
+    eval_only: bool = False,
+    env: Optional[Dict[str, str]] = None,
+) -> Dict[str, float]:
+    """Train and evaluate one student with ``tools/train_net.py`` (skipped if already done);
+    ``eval_only``: evaluate only (a training-free segmenter)."""
+    done = read_metrics(output_dir)
+    if done is not None:
+        logger.info(f"{output_dir}: already done, reusing its results")
+        return done
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cmd = [
+        sys.executable,
+        os.path.join(repo, "tools", "train_net.py"),
+        "--config-file",
+        config_file,
+        "--num-gpus",
+        str(num_gpus),
+        *(["--eval-only"] if eval_only else []),
+        *overrides,
+        "SEED",
+        str(seed),
+        "OUTPUT_DIR",
+        output_dir,
+    ]
+    logger.info("running: " + " ".join(cmd))
+    os.makedirs(output_dir, exist_ok=True)
+    log_path = log_path or os.path.join(output_dir, "stdout.txt")
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed (exit {proc.returncode}); log {log_path}:\n{tail}"
+        )
+    metrics = read_metrics(output_dir)
+    if metrics is None:
+        raise RuntimeError(f"{output_dir}: training finished without evaluation results")
+    return metrics
+
+
+def aggregate(runs: Sequence[Dict[str, float]]) -> Dict[str, Tuple[float, float, int]]:
+    """metric -> (mean, sample standard deviation, number of runs)."""
+    out = {}
+    for m in METRICS:
+        values = np.array([r[m] for r in runs if not math.isnan(r[m])], dtype=np.float64)
+        if len(values) == 0:
+            out[m] = (float("nan"), float("nan"), 0)
+        else:
+            std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+            out[m] = (float(values.mean()), std, len(values))
+    return out
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    if n == 0:
+        return "-"
+    if n == 1 or math.isnan(std):
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def format_table(rows: Dict[str, Dict], teacher: Optional[Dict[str, float]] = None) -> str:
+    """Markdown table: one row per variant (mean ± std over seeds), the teacher first."""
+    lines = []
+    if teacher is not None:
+        lines.append(
+            ["teacher zero-shot (no training)", "-"] + [f"{teacher[m]:.1f}" for m in METRICS]
+        )
+    for name, agg in rows.items():
+        n = max(v[2] for v in agg.values())
+        lines.append([name, str(n)] + [_cell(*agg[m]) for m in METRICS])
+    return tabulate(
+        lines, headers=["segmenter", "seeds", *METRICS], tablefmt="github", disable_numparse=True
+    )
+
+
+#: the full table: each loss with ce, the method as published (ce+global+local), ce+dense with
+#: every dense method of the teacher, and all four losses
+DEFAULT_VARIANTS = (
+    "ce",
+    "ce+global",
+    "ce+local",
+    "ce+global+local",
+    *(f"ce+dense@{m}" for m in DENSE_METHODS),
+    "ce+global+local+dense",
+)
+
+
+def run_table(
+    config_file: str,
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    output_dir: str,
+    *,
+    teacher: bool = True,
+    opts: Sequence[str] = (),
+    num_gpus: int = 1,
+    jobs: int = 1,
+) -> Dict:
+    """Run every (variant, seed) student and the teacher, print and write the table.
+
+    ``jobs`` students train at once (subprocesses; with ``jobs > 1`` each gets
+    ``OMP_NUM_THREADS = max(1, cpus // jobs)``).
+
+    Outputs in ``output_dir``: ``<variant>/seed<k>/`` (each run's detectron2 output),
+    ``teacher/``, ``table.md`` and ``table.json``.
+
+    Returns:
+        ``{"teacher": metrics or None, "runs": {variant: {seed: metrics}}, "table": str}``.
+    """
+    from ..engine.setup import get_clipdistill_cfg
+
+    parsed = [parse_variant(v) for v in variants]  # all errors before any run
+    cfg = get_clipdistill_cfg(config_file, list(opts))
+    teacher_metrics = None
+    if teacher:
+        out = os.path.join(output_dir, "teacher")
+        overrides = list(opts) + list(TEACHER_OVERRIDES)
+        teacher_metrics = run_student(config_file, out, overrides, 0, eval_only=True)
+        logger.info(f"teacher: {teacher_metrics}")
+    tasks = []
+    for variant in parsed:
+        overrides = list(opts) + variant_overrides(variant, cfg)
+        label = variant.name
+        if label == "config":  # name the config's own losses
+            on = [n for n, k in LOSSES.items() if getattr(cfg.MODEL.CLIPDISTILL.LOSS, k) > 0]
+            label = f"config ({'+'.join(on)})"
+        for seed in seeds:
+            out = os.path.join(output_dir, variant.name, f"seed{seed}")
+            tasks.append((label, seed, out, overrides))
+    env = None
+    if jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+
+    def run(task):
+        label, seed, out, overrides = task
+        metrics = run_student(config_file, out, overrides, seed, num_gpus=num_gpus, env=env)
+        logger.info(f"{label} seed {seed}: {metrics}")
+        return metrics
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results = list(pool.map(run, tasks))
+    runs: Dict[str, Dict[int, Dict[str, float]]] = {}
+    for (label, seed, _, _), metrics in zip(tasks, results):
+        runs.setdefault(label, {})[seed] = metrics
+    rows = {name: aggregate(list(by_seed.values())) for name, by_seed in runs.items()}
+    table = format_table(rows, teacher_metrics)
+    notes = transfer_notes(rows, teacher_metrics)
+    text = table + ("\n\n" + "\n".join(notes) if notes else "")
+    with atomic_write(os.path.join(output_dir, "table.md"), "w") as f:
+        f.write(text + "\n")
+    payload = {
+        "config_file": config_file,
+        "opts": list(opts),
+        "seeds": list(seeds),
+        "teacher": teacher_metrics,
+        "runs": {v: {str(s): m for s, m in by_seed.items()} for v, by_seed in runs.items()},
+    }
+    atomic_save_json(os.path.join(output_dir, "table.json"), payload, indent=2)
+    return {"teacher": teacher_metrics, "runs": runs, "table": text}
+
+
+def transfer_notes(rows: Dict[str, Dict], teacher: Optional[Dict[str, float]]) -> List[str]:
+    """The issue's two ratios for every distilled variant: unseen mIoU against the teacher's and
+    against the ``ce`` control's."""
+    notes = []
+    ce = rows.get("ce", {}).get("mIoU-unseen", (float("nan"),))[0]
+    for name, agg in rows.items():
+        if name == "ce":
+            continue
+        unseen = agg["mIoU-unseen"][0]
+        parts = []
+        if teacher is not None and teacher["mIoU-unseen"] > 0:
+            parts.append(f"{100 * unseen / teacher['mIoU-unseen']:.0f} % of the teacher's")
+        if not math.isnan(ce) and ce > 0:
+            parts.append(f"{unseen / ce:.2f}x the ce-only control's")
+        if parts:
+            notes.append(f"- {name}: unseen mIoU {unseen:.1f} = " + ", ".join(parts))
+    return notes

@@ -1,0 +1,81 @@
+"""The testbed CLIP architecture: an open_clip model config whose image tower is an open_clip
+ViT with a BatchNorm conv stem (through open_clip's timm-tower hook), saved and loaded by
+open_clip's local-file path, with dense features whose mean is the image embedding."""
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import VisionTransformer
+from safetensors.torch import save_file
+
+from clipdistill.modeling.clip import vit as vit_helpers
+from clipdistill.modeling.clip.conv_stem_vit import ConvStem
+from clipdistill.modeling.clip.dense import dense_features
+from clipdistill.modeling.clip.text import PROMPT_TEMPLATES
+from clipdistill.modeling.teacher import CLIPTeacher
+from clipdistill.testbed.toy_clip import TESTBED_CLIP_NAME
+
+vision_transformer_of = vit_helpers.vision_transformer_of
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    model = open_clip.create_model(TESTBED_CLIP_NAME, pretrained=None)
+    model.eval()
+    # non-trivial BatchNorm statistics, as after training
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("tbclip") / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model, str(path)
+
+
+def test_architecture(weights):
+    model, _ = weights
+    vit = vision_transformer_of(model.visual)
+    assert isinstance(vit, VisionTransformer) and isinstance(vit.conv1, ConvStem)
+    assert vit.pool_type == "avg" and tuple(vit.grid_size) == (8, 8)
+    assert vision_transformer_of(vit) is vit  # a plain tower is returned as is
+    assert open_clip.get_tokenizer(TESTBED_CLIP_NAME).context_length == 32
+    assert PROMPT_TEMPLATES["caption"][0]("orange ring") == "an orange ring."
+    assert PROMPT_TEMPLATES["caption"][0]("empty background") == "an empty background."
+
+
+def test_loads_through_the_teacher_and_dense_mean_is_the_image_embedding(weights):
+    model, path = weights
+    teacher = CLIPTeacher(
+        model_name=TESTBED_CLIP_NAME,
+        weights=path,
+        image_size=64,
+        dense_image_size=64,
+        templates="caption",
+        dense_method="tokens",
+    )
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 255
+    mean, std = teacher.pixel_mean, teacher.pixel_std
+    with torch.no_grad():
+        ref = F.normalize(model.encode_image((x - mean) / std), dim=-1)
+    g = teacher.encode_image(x)
+    torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-5)  # same weights, same network
+    dense = teacher.encode_image_dense(x)
+    assert dense.shape == (3, 128, 8, 8) and teacher.patch_size == 8
+    # the dense method "tokens": the last block unchanged, so the per-token embeddings (before
+    # normalisation) are the tower's own and average to the image embedding
+    vit = vision_transformer_of(model.visual)
+    with torch.no_grad():
+        tokens, _ = vit_helpers.vit_tokens(vit, (x - mean) / std)
+        per_token = vit.ln_post(vit_helpers.run_blocks(vit, tokens)[:, 1:]) @ vit.proj
+        raw = dense_features(model.visual, (x - mean) / std, "tokens")
+    torch.testing.assert_close(raw.flatten(2).transpose(1, 2), per_token, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(F.normalize(per_token, dim=-1), dense.flatten(2).transpose(1, 2))
+    torch.testing.assert_close(F.normalize(per_token.mean(1), dim=-1), g, rtol=1e-5, atol=1e-5)
+    # MaskCLIP's value path differs from the tokens (the last attention matters)
+    with torch.no_grad():
+        value = dense_features(model.visual, (x - mean) / std, "value_only")
+    assert (value - raw).abs().max() > 1e-3
+    # a larger input: interpolated positional embeddings, a finer grid
+    assert teacher.encode_image_dense(x, size=128).shape == (3, 128, 16, 16)

@@ -1,0 +1,75 @@
+"""tools/loss_table.py's pieces: variants, overrides, aggregation and the table (the runs
+themselves are exercised end to end by tests/test_e2e_toy.py)."""
+
+import math
+
+import pytest
+import torch
+
+from clipdistill.testbed.loss_table import (
+    DENSE_METHOD_KEY,
+    aggregate,
+    format_table,
+    parse_variant,
+    read_metrics,
+    transfer_notes,
+    variant_overrides,
+)
+from common import tiny_cfg
+
+
+def _weights(overrides):
+    pairs = dict(zip(overrides[::2], overrides[1::2]))
+    return {k.rsplit(".", 1)[1]: v for k, v in pairs.items()}
+
+
+def test_variants_and_overrides():
+    cfg = tiny_cfg()  # voc_toy.yaml: every loss on
+    assert variant_overrides(parse_variant("config"), cfg) == []
+    w = _weights(variant_overrides(parse_variant("ce+local"), cfg))
+    assert w == {
+        "CE_WEIGHT": "1.0",
+        "GLOBAL_WEIGHT": "0.0",
+        "LOCAL_WEIGHT": "1.0",
+        "DENSE_WEIGHT": "0.0",
+    }
+    cfg.MODEL.CLIPDISTILL.LOSS.DENSE_WEIGHT = 0.0  # a loss off in the config gets weight 1
+    cfg.MODEL.CLIPDISTILL.LOSS.CE_WEIGHT = 0.5  # an enabled one keeps the config's weight
+    ov = variant_overrides(parse_variant("ce+dense"), cfg)
+    assert _weights(ov)["DENSE_WEIGHT"] == "1.0" and _weights(ov)["CE_WEIGHT"] == "0.5"
+    key = DENSE_METHOD_KEY.rsplit(".", 1)[1]
+    if key in cfg.MODEL.CLIPDISTILL.TEACHER:
+        ov = variant_overrides(parse_variant("ce+dense@sclip"), cfg)
+        assert ov[-2:] == [DENSE_METHOD_KEY, "sclip"]
+    else:  # a teacher with one dense method: a clear error naming the key
+        with pytest.raises(ValueError, match=DENSE_METHOD_KEY):
+            variant_overrides(parse_variant("ce+dense@sclip"), cfg)
+    for bad, msg in (("ce+colour", "unknown losses"), ("ce+global@sclip", "needs the dense")):
+        with pytest.raises(ValueError, match=msg):
+            parse_variant(bad)
+
+
+def test_aggregate_and_table(tmp_path):
+    runs = [
+        {"mIoU-seen": 60.0, "mIoU-unseen": 20.0, "hIoU": 30.0, "mIoU": 55.0},
+        {"mIoU-seen": 64.0, "mIoU-unseen": 30.0, "hIoU": 40.0, "mIoU": 59.0},
+    ]
+    agg = aggregate(runs)
+    assert agg["mIoU-unseen"][0] == pytest.approx(25.0)
+    assert agg["mIoU-unseen"][1] == pytest.approx(math.sqrt(50.0))  # sample std of 20, 30
+    assert agg["hIoU"][2] == 2
+    ce = aggregate([{"mIoU-seen": 62.0, "mIoU-unseen": 5.0, "hIoU": 9.0, "mIoU": 54.0}])
+    teacher = {"mIoU-seen": 40.0, "mIoU-unseen": 30.0, "hIoU": 34.3, "mIoU": 38.0}
+    table = format_table({"ce+dense": agg, "ce": ce}, teacher)
+    lines = table.splitlines()
+    assert lines[2].startswith("| teacher zero-shot") and "30.0" in lines[2]
+    assert "25.0 ± 7.1" in lines[3] and lines[4].startswith("| ce ")
+    notes = transfer_notes({"ce+dense": agg, "ce": ce}, teacher)
+    assert notes == [
+        "- ce+dense: unseen mIoU 25.0 = 83 % of the teacher's, 5.00x the ce-only " "control's"
+    ]
+    # results are read back from detectron2's evaluation file
+    (tmp_path / "inference").mkdir()
+    torch.save(dict(runs[0], fwIoU=1.0), tmp_path / "inference" / "sem_seg_evaluation.pth")
+    assert read_metrics(str(tmp_path)) == runs[0]
+    assert read_metrics(str(tmp_path / "none")) is None
