@@ -68,14 +68,17 @@ def add_clip_teacher_config(cfg: CN) -> None:
     cfg.MODEL.CLIPDISTILL.TEACHER.WEIGHTS = "openai"
     cfg.MODEL.CLIPDISTILL.TEACHER.IMAGE_SIZE = 224  # input side for the global embedding Cg
     cfg.MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE = 448  # input side for dense features Td
-    # Prompt templates: "openai" (80), "simple" (7) or "single" ("a photo of a {}.").
+    # Prompt templates: "openai" (80), "simple" (7), "single" ("a photo of a {}."), "vild" (14),
+    # "car" (CLIP-as-RNN's 15) or "caption" (the testbed world's caption grammar: "a red star.").
     cfg.MODEL.CLIPDISTILL.TEACHER.TEMPLATES = "openai"
     # On-disk cache of text embeddings; "" means $XDG_CACHE_HOME/clipdistill/text_embeddings.
     cfg.MODEL.CLIPDISTILL.TEACHER.TEXT_CACHE_DIR = ""
     # How dense features are computed (clipdistill/modeling/clip/dense.py), for the distillation
     # target Td and for the training-free segmenters: "value_only" (last block's value path, no
     # residual, no MLP: the distillation default), "maskclip" (MaskCLIP's official form, residual
-    # and MLP kept), "sclip", "clearclip" or "naclip".
+    # and MLP kept), "sclip", "clearclip", "naclip", or "tokens" (the tower's own patch tokens,
+    # the last block unchanged: the dense features of towers whose image embedding is the mean
+    # of per-location embeddings, such as the testbed CLIPs; docs/TESTBED.md).
     cfg.MODEL.CLIPDISTILL.TEACHER.DENSE_METHOD = "value_only"
 
 

@@ -10,13 +10,13 @@ from open_clip.transformer import VisionTransformer
 from safetensors.torch import save_file
 
 from clipdistill.modeling.clip import vit as vit_helpers
-from clipdistill.modeling.clip.conv_stem_vit import ConvStem
+from clipdistill.modeling.clip.testbed_towers import ConvStem
 from clipdistill.modeling.clip.dense import dense_features
 from clipdistill.modeling.clip.text import PROMPT_TEMPLATES
 from clipdistill.modeling.teacher import CLIPTeacher
 from clipdistill.testbed.toy_clip import TESTBED_CLIP_NAME
 
-vision_transformer_of = vit_helpers.vision_transformer_of
+unwrap_tower = vit_helpers.unwrap_tower
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +36,10 @@ def weights(tmp_path_factory):
 
 def test_architecture(weights):
     model, _ = weights
-    vit = vision_transformer_of(model.visual)
+    vit = unwrap_tower(model.visual)
     assert isinstance(vit, VisionTransformer) and isinstance(vit.conv1, ConvStem)
     assert vit.pool_type == "avg" and tuple(vit.grid_size) == (8, 8)
-    assert vision_transformer_of(vit) is vit  # a plain tower is returned as is
+    assert unwrap_tower(vit) is vit  # a plain tower is returned as is
     assert open_clip.get_tokenizer(TESTBED_CLIP_NAME).context_length == 32
     assert PROMPT_TEMPLATES["caption"][0]("orange ring") == "an orange ring."
     assert PROMPT_TEMPLATES["caption"][0]("empty background") == "an empty background."
@@ -65,7 +65,7 @@ def test_loads_through_the_teacher_and_dense_mean_is_the_image_embedding(weights
     assert dense.shape == (3, 128, 8, 8) and teacher.patch_size == 8
     # the dense method "tokens": the last block unchanged, so the per-token embeddings (before
     # normalisation) are the tower's own and average to the image embedding
-    vit = vision_transformer_of(model.visual)
+    vit = unwrap_tower(model.visual)
     with torch.no_grad():
         tokens, _ = vit_helpers.vit_tokens(vit, (x - mean) / std)
         per_token = vit.ln_post(vit_helpers.run_blocks(vit, tokens)[:, 1:]) @ vit.proj
@@ -79,3 +79,40 @@ def test_loads_through_the_teacher_and_dense_mean_is_the_image_embedding(weights
     assert (value - raw).abs().max() > 1e-3
     # a larger input: interpolated positional embeddings, a finer grid
     assert teacher.encode_image_dense(x, size=128).shape == (3, 128, 16, 16)
+
+
+def test_cnn_tower_dense_embeddings_average_to_the_image_embedding(tmp_path):
+    """CNN-8-testbed: a per-location embedding (a class activation map) whose spatial mean is the
+    image embedding; the teacher reads it with the dense method "tokens", the ViT-only methods
+    are refused with the fix named."""
+    torch.manual_seed(0)
+    model = open_clip.create_model("CNN-8-testbed", pretrained=None).eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = str(tmp_path / "cnn.safetensors")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    teacher = CLIPTeacher(
+        model_name="CNN-8-testbed",
+        weights=path,
+        image_size=64,
+        dense_image_size=64,
+        templates="caption",
+        dense_method="tokens",
+    )
+    assert teacher.patch_size == 8
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 255
+    xn = (x - teacher.pixel_mean) / teacher.pixel_std
+    with torch.no_grad():
+        raw = dense_features(model.visual, xn, "tokens")  # [2, 128, 8, 8]
+        ref = model.encode_image(xn)
+    assert raw.shape == (2, 128, 8, 8)
+    torch.testing.assert_close(raw.mean(dim=(2, 3)), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(teacher.encode_image(x), F.normalize(ref, dim=-1))
+    dense = teacher.encode_image_dense(x)
+    torch.testing.assert_close(dense, F.normalize(raw, dim=1))
+    # fully convolutional: a larger input gives a finer grid of the same features' kind
+    assert teacher.encode_image_dense(x, size=96).shape == (2, 128, 12, 12)
+    with pytest.raises(NotImplementedError, match="use 'tokens'"):
+        dense_features(model.visual, xn, "maskclip")

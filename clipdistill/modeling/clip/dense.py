@@ -33,7 +33,9 @@ method         last block                                                  posit
                is the image embedding
 ============== ========================================================== ====================
 
-then ``ln_post`` and ``proj`` on every patch token. The positional-embedding resampling of each
+then ``ln_post`` and ``proj`` on every patch token. A tower that defines its own per-location
+embeddings (``dense_embeddings``, the testbed's CNN, whose image embedding is their mean) supports
+``tokens`` only, which returns them. The positional-embedding resampling of each
 method is the one its authors' code uses (``vit.py``). ResNet towers support ``maskclip`` and
 ``value_only``, which coincide there: ``c_proj(v_proj(.))`` of the attention pool at every
 location of ``layer4`` (MaskCLIP's ResNet path).
@@ -173,6 +175,14 @@ def dense_features(
             "(MODEL.CLIPDISTILL.TEACHER.DENSE_METHOD)."
         )
     spec = DENSE_METHODS[method]
+    tower = vit.unwrap_tower(visual)
+    if hasattr(tower, "dense_embeddings"):  # a tower that defines its own (testbed CNN)
+        if method != "tokens":
+            raise NotImplementedError(
+                f"Dense method {method!r} needs a ViT tower; {type(tower).__name__} has its own "
+                "per-location embeddings: use 'tokens'."
+            )
+        return tower.dense_embeddings(x)
     if isinstance(visual, ModifiedResNet):
         if spec.attention != "value":
             raise NotImplementedError(

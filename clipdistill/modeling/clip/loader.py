@@ -7,8 +7,8 @@ on local rank 0 first (it may download), with errors that name the config keys a
 cache keyed by the weights: text embeddings, teacher outputs).
 
 Importing this module registers clipdistill's extra open_clip architectures (``model_configs/``):
-the tiny ``ViT-T-16-toy`` used by the tests, and ``ViT-8-testbed``, the testbed's own small CLIP
-(its conv-stem image tower is registered with timm by ``conv_stem_vit``).
+the tiny ``ViT-T-16-toy`` used by the tests, and ``CNN-8-testbed`` / ``ViT-8-testbed``, the
+testbed's own small CLIPs (their image towers are registered with timm by ``testbed_towers``).
 """
 
 import hashlib
@@ -25,7 +25,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from ...utils.errors import ConfigError, ResourceError
-from . import conv_stem_vit  # noqa: F401  (registers the testbed CLIP's image tower with timm)
+from . import testbed_towers  # noqa: F401  (registers the testbed CLIPs' image towers with timm)
 
 __all__ = [
     "load_open_clip",

@@ -33,7 +33,7 @@ from torch import nn
 
 __all__ = [
     "POS_EMBED_RESAMPLING",
-    "vision_transformer_of",
+    "unwrap_tower",
     "check_plain_vit",
     "resample_pos_embed",
     "vit_tokens",
@@ -49,25 +49,24 @@ __all__ = [
 POS_EMBED_RESAMPLING = ("size", "scale_factor", "bilinear")
 
 
-def vision_transformer_of(visual: nn.Module) -> nn.Module:
-    """The open_clip ``VisionTransformer`` of an image tower: the tower itself, or the trunk of a
-    ``TimmModel`` whose trunk is one and whose head is empty (how an open_clip model config
-    names a custom ViT, such as the testbed CLIP's conv-stem tower); any other tower as is."""
-    if isinstance(visual, TimmModel) and isinstance(visual.trunk, VisionTransformer):
-        if len(visual.head) == 0:
-            return visual.trunk
+def unwrap_tower(visual: nn.Module) -> nn.Module:
+    """The network of an image tower: the trunk of a ``TimmModel`` whose head is empty (how an
+    open_clip model config names a custom tower, such as the testbed CLIP's conv-stem ViT or
+    CNN), else the tower itself."""
+    if isinstance(visual, TimmModel) and len(visual.head) == 0:
+        return visual.trunk
     return visual
 
 
 def check_plain_vit(visual: nn.Module, what: str = "Dense features") -> VisionTransformer:
-    """Return the open_clip ``VisionTransformer`` of ``visual`` (``vision_transformer_of``) if it
+    """Return the open_clip ``VisionTransformer`` of ``visual`` (``unwrap_tower``) if it
     has a class token and no attentional pooler (the towers the token-level helpers support);
     else raise.
 
     Raises:
         NotImplementedError: naming the tower's type and ``what`` is unsupported.
     """
-    visual = vision_transformer_of(visual)
+    visual = unwrap_tower(visual)
     if not isinstance(visual, VisionTransformer):
         raise NotImplementedError(
             f"{what}: the vision tower is a {type(visual).__name__}, not an open_clip "

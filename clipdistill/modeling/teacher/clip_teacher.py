@@ -128,7 +128,7 @@ class CLIPTeacher(FrozenAuxiliary):
         #: ``weights_identity`` of the weights (the key of every cache of this teacher's outputs)
         self.weights_identity = identity
 
-        visual = vit.vision_transformer_of(model.visual)
+        visual = vit.unwrap_tower(model.visual)
         self._native_size = _to_2tuple(getattr(visual, "image_size", 224))
         # Normalisation constants of the CLIP model's own preprocessing (0..255 scale).
         mean, std = clip_pixel_stats(visual)
@@ -221,7 +221,7 @@ class CLIPTeacher(FrozenAuxiliary):
         """
         size = (self.image_size, self.image_size)
         x = self._preprocess(images, size)
-        visual = vit.vision_transformer_of(self.model.visual)
+        visual = vit.unwrap_tower(self.model.visual)
         if size == self._native_size:
             feats = self.model.encode_image(x)
         else:  # a VisionTransformer (checked in __init__)
@@ -309,7 +309,7 @@ class CLIPTeacher(FrozenAuxiliary):
 
     @staticmethod
     def _infer_patch_size(visual: nn.Module) -> Optional[int]:
-        if isinstance(visual, VisionTransformer):
+        if isinstance(visual, VisionTransformer) or hasattr(visual, "dense_embeddings"):
             ph, pw = _to_2tuple(visual.patch_size)
             if ph != pw:
                 return None
