@@ -67,7 +67,7 @@ def test_make_toy_table(toy):
     assert any(line.startswith("| teacher zero-shot") for line in lines), stdout
     assert any(line.startswith("| config (ce+global+local+dense)") for line in lines), stdout
     assert any(line.startswith("| ce ") for line in lines), stdout
-    assert "of the teacher's" in stdout and "the ce-only control's" in stdout
+    assert "of the teacher's" in stdout and "the ce-only control's" in stdout, stdout
     saved = json.loads((root / "toy" / "table.json").read_text())
     assert set(saved["runs"]) == {"config (ce+global+local+dense)", "ce"}
     for metrics in [saved["teacher"]] + [r["0"] for r in saved["runs"].values()]:
@@ -103,12 +103,15 @@ def _independent_metrics(pred_json, dataset_root):
     present = gt_count > 0
     seen_m = 100 * iou[present & ~unseen].mean()
     unseen_m = 100 * iou[present & unseen].mean()
+    # the trivial predictor that labels every pixel "empty background" (class 0, seen)
+    background_only = 100 * gt_count[0] / gt_count.sum() / (present & ~unseen).sum()
     return {
         "mIoU": 100 * iou[present].mean(),
         "mIoU-seen": seen_m,
         "mIoU-unseen": unseen_m,
-        "hIoU": 2 * seen_m * unseen_m / (seen_m + unseen_m),
+        "hIoU": 2 * seen_m * unseen_m / (seen_m + unseen_m) if seen_m + unseen_m else 0.0,
         "n": len(preds),
+        "background_only_seen": background_only,
     }
 
 
@@ -121,10 +124,14 @@ def test_metrics_match_independent_computation_and_beat_chance(toy):
     assert ind["n"] == NUM_VAL
     for key in ("mIoU", "mIoU-seen", "mIoU-unseen", "hIoU"):
         assert res[key] == pytest.approx(ind[key], abs=1e-6), key
-    # 37 classes: uniform guessing gives an IoU of about 1/37 per class (background: most
-    # pixels, still below 80). The student trained for a few minutes is far above.
-    print(f"toy after {TOY_ITERS} iterations: " + ", ".join(f"{k} {res[k]:.2f}" for k in ind))
-    assert res["mIoU-seen"] > 15.0
+    # after a few minutes of training the student beats the trivial all-background prediction
+    # on the seen classes (the full recipe's figures are in docs/TESTBED.md)
+    print(
+        f"toy after {TOY_ITERS} iterations: "
+        + ", ".join(f"{k} {res[k]:.2f}" for k in ("mIoU", "mIoU-seen", "mIoU-unseen", "hIoU"))
+        + f"; all-background seen mIoU {ind['background_only_seen']:.2f}"
+    )
+    assert res["mIoU-seen"] > ind["background_only_seen"]
 
 
 def test_eval_only_reproduces_training_metrics(toy):

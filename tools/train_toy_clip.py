@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Train the testbed's small CLIP (open_clip ViT-8-testbed) on the generated captioned world.
+"""Train the testbed's small CLIP (open_clip CNN-8-testbed) on the generated captioned world.
 
-    python tools/train_toy_clip.py --output weights/testbed_clip_vit8.safetensors  # shipped file
+    python tools/train_toy_clip.py --output weights/testbed_clip_cnn8.safetensors  # shipped file
+    python tools/train_toy_clip.py --model-name ViT-8-testbed --steps 1200 --shape-steps 400 \
+        --warmup 100 --output output/testbed_clip_vit8.safetensors            # the ViT tower
 
 Defaults are the recipe of the shipped weights (docs/TESTBED.md): a shape-only-caption
 curriculum, then full captions; seed 0, one CPU thread. Prints the accuracy curve (single-object
@@ -11,6 +13,7 @@ file (recipe and curve in its metadata), then re-evaluates that file through the
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import fields
 
@@ -23,9 +26,10 @@ from clipdistill.testbed.toy_clip import (
     save_toy_clip,
     train_toy_clip,
 )
+from clipdistill.utils.cli import add_debug_argument, run_tool
 
 
-def main() -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default=TESTBED_CLIP_WEIGHTS, help="weights file to write")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -34,7 +38,12 @@ def main() -> None:
         value = getattr(defaults, f.name)
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(value), default=value)
-    args = parser.parse_args()
+    add_debug_argument(parser)
+    args = parser.parse_args(argv)
+    return run_tool("train_toy_clip.py", lambda: _train(args), debug=args.debug)
+
+
+def _train(args) -> None:
     torch.set_num_threads(args.threads)
     recipe = ToyClipRecipe(
         **{f.name: getattr(args, f.name) for f in fields(ToyClipRecipe) if hasattr(args, f.name)}
@@ -58,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

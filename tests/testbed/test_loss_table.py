@@ -68,6 +68,10 @@ def test_aggregate_and_table(tmp_path):
     assert notes == [
         "- ce+dense: unseen mIoU 25.0 = 83 % of the teacher's, 5.00x the ce-only " "control's"
     ]
+    zero = aggregate([{"mIoU-seen": 5.0, "mIoU-unseen": 0.0, "hIoU": 0.0, "mIoU": 4.0}])
+    assert transfer_notes({"ce+dense": agg, "ce": zero}, None) == [
+        "- ce+dense: unseen mIoU 25.0; the ce-only control's is 0.0"
+    ]
     # results are read back from detectron2's evaluation file
     (tmp_path / "inference").mkdir()
     torch.save(dict(runs[0], fwIoU=1.0), tmp_path / "inference" / "sem_seg_evaluation.pth")
