@@ -5,8 +5,9 @@ its own config) and the CLIP teacher (global + dense) in one process: parameters
 training seconds per iteration with cross-entropy only, with the online teacher and with the
 teacher-output cache.
 
-    python tools/benchmark.py --config-file configs/voc_toy.yaml --size 512 --batch-size 1 \\
-        --output out/bench.json MODEL.CLIPDISTILL.TEACHER.NAME ViT-B-16 \\
+    python tools/benchmark.py \\
+        --config-file configs/segstudent/segstudent_effb0_toyclip_voc20toy_300.yaml \\
+        --size 512 --batch-size 1 --output out/bench.json MODEL.CLIPDISTILL.TEACHER.NAME ViT-B-16 \\
         MODEL.CLIPDISTILL.TEACHER.WEIGHTS ""
 
 Trailing KEY VALUE pairs override the config, as in train_net.py. Random weights cost the same
