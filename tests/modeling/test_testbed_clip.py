@@ -1,6 +1,6 @@
-"""The testbed CLIP architecture: an open_clip model config whose image tower is an open_clip
-ViT with a BatchNorm conv stem (through open_clip's timm-tower hook), saved and loaded by
-open_clip's local-file path, with dense features whose mean is the image embedding."""
+"""The testbed CLIP architectures: open_clip model configs whose image towers (through open_clip's
+timm-tower hook) are an open_clip ViT with a BatchNorm conv stem and a small CNN, saved and loaded
+by open_clip's local-file path, with dense features whose mean is the image embedding."""
 
 import open_clip
 import pytest
@@ -14,15 +14,15 @@ from clipdistill.modeling.clip.testbed_towers import ConvStem
 from clipdistill.modeling.clip.dense import dense_features
 from clipdistill.modeling.clip.text import PROMPT_TEMPLATES
 from clipdistill.modeling.teacher import CLIPTeacher
-from clipdistill.testbed.toy_clip import TESTBED_CLIP_NAME
 
 unwrap_tower = vit_helpers.unwrap_tower
+VIT_NAME = "ViT-8-testbed"  # the alternative tower (the shipped teacher is CNN-8-testbed)
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     torch.manual_seed(0)
-    model = open_clip.create_model(TESTBED_CLIP_NAME, pretrained=None)
+    model = open_clip.create_model(VIT_NAME, pretrained=None)
     model.eval()
     # non-trivial BatchNorm statistics, as after training
     for m in model.modules():
@@ -40,7 +40,7 @@ def test_architecture(weights):
     assert isinstance(vit, VisionTransformer) and isinstance(vit.conv1, ConvStem)
     assert vit.pool_type == "avg" and tuple(vit.grid_size) == (8, 8)
     assert unwrap_tower(vit) is vit  # a plain tower is returned as is
-    assert open_clip.get_tokenizer(TESTBED_CLIP_NAME).context_length == 32
+    assert open_clip.get_tokenizer(VIT_NAME).context_length == 32
     assert PROMPT_TEMPLATES["caption"][0]("orange ring") == "an orange ring."
     assert PROMPT_TEMPLATES["caption"][0]("empty background") == "an empty background."
 
@@ -48,7 +48,7 @@ def test_architecture(weights):
 def test_loads_through_the_teacher_and_dense_mean_is_the_image_embedding(weights):
     model, path = weights
     teacher = CLIPTeacher(
-        model_name=TESTBED_CLIP_NAME,
+        model_name=VIT_NAME,
         weights=path,
         image_size=64,
         dense_image_size=64,
