@@ -2,11 +2,8 @@
 name, tests/conftest.py exists too)."""
 
 import logging
-import os
 
-from common import REPO, load_tool  # noqa: F401  (re-exported for the deployment tests)
-
-TOY_CONFIG = os.path.join(REPO, "configs", "segstudent", "segstudent_effb0_toyclip_voc20toy_300.yaml")
+from common import REPO, TOY_CONFIG, load_tool  # noqa: F401  (re-exported for the deployment tests)
 
 
 class ListHandler(logging.Handler):

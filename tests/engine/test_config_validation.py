@@ -1,8 +1,6 @@
 """Config validation up front, and property-based fuzzing (hypothesis) of config overrides: any
 ``KEY VALUE`` gives a config or a ``ConfigError`` naming the key, never another exception."""
 
-import os
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -11,7 +9,7 @@ from clipdistill.deploy.cli import config_keys
 from clipdistill.engine.setup import get_clipdistill_cfg
 from clipdistill.engine.validate import validate_config
 from clipdistill.utils.errors import ConfigError, UserError
-from common import CONFIGS, TOY_CONFIG, tiny_cfg
+from common import TOY_CONFIG, tiny_cfg
 
 TOY = TOY_CONFIG
 

@@ -166,7 +166,7 @@ def test_backbone_local_weights_file(tmp_path):
 def test_segmenter_teacher_distillation(cfg, tmp_path):
     """Another segmenter (here a tiny SegStudent from its own config and checkpoint) teaches the
     student: loss_seg_kd is computed, the teacher is frozen, not optimised, not checkpointed."""
-    from common import CONFIGS, TINY_OPTS
+    from common import TINY_OPTS
 
     teacher_cfg = tiny_cfg()
     SegmenterCheckpointer(build_model(teacher_cfg), str(tmp_path)).save("teacher")

@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 semantic segmentation, standard VOCdevkit layout, plus a generated VOC-layout set.
+"""PASCAL VOC 2012 semantic segmentation (VOCdevkit layout), plus a generated VOC-layout set.
 
 Names (none collides with detectron2's ``voc_2012_*`` *detection* datasets):
 
@@ -24,6 +24,8 @@ __all__ = ["register_voc", "register_all_voc", "voc_split_ids", "VOC_SUBDIR", "V
 
 VOC_SUBDIR = os.path.join("VOCdevkit", "VOC2012")
 VOC_TOY_SUBDIR = os.path.join("voc_toy", "VOCdevkit", "VOC2012")
+#: the 5 unseen classes of the zero-shot split (SPNet, ZegFormer, ZegCLIP)
+UNSEEN_FILE = "voc20_unseen.txt"
 
 
 def voc_split_ids(voc_root: str, split: str, dataset_name: str, hint: str):
@@ -60,7 +62,7 @@ def register_voc(prefix: str, voc_root: str, prepare_hint: str) -> None:
     if prefix == "voc":
         variants += [
             ("21", ["background"] + voc20, "SegmentationClass", None),
-            ("20_zs", voc20, "annotations_detectron2/{split}", load_class_names("voc20_unseen.txt")),
+            ("20_zs", voc20, "annotations_detectron2/{split}", load_class_names(UNSEEN_FILE)),
         ]
     for suffix, classes, gt_pattern, unseen in variants:
         for split in ("train", "val"):
