@@ -7,7 +7,6 @@ by the same code (``voc20_toy_sem_seg_{train,val}``). Each toy class has its own
 texture, so a small model learns it in minutes on a CPU.
 """
 
-import json
 import os
 from typing import Dict
 
@@ -15,8 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..utils.errors import DataError
-from ..utils.io import atomic_save_json, atomic_write
+from ..utils.io import atomic_write, claim_generated_folder
 from .prepare.voc import prepare_voc20
 
 __all__ = ["TOY_CLASSES", "generate_toy_voc"]
@@ -110,20 +108,7 @@ def generate_toy_voc(
         str: ``voc_root``.
     """
     params = {"num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
-    record = os.path.join(voc_root, "toy_dataset.json")
-    if os.path.isfile(record):
-        with open(record, encoding="utf-8") as f:
-            try:
-                old = json.load(f)
-            except ValueError:
-                old = None
-        if old is not None and old != params:
-            raise DataError(
-                f"{voc_root} holds a toy dataset generated with {old}, not {params}: delete the "
-                "folder first (or pass another --root)"
-            )
-    os.makedirs(voc_root, exist_ok=True)
-    atomic_save_json(record, params)
+    claim_generated_folder(voc_root, "toy_dataset.json", params, "toy dataset")
     rng = np.random.default_rng(seed)
     dirs = {d: os.path.join(voc_root, d) for d in ("JPEGImages", "SegmentationClass")}
     sets_dir = os.path.join(voc_root, "ImageSets", "Segmentation")

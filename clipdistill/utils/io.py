@@ -19,7 +19,7 @@ import re
 import tempfile
 from typing import IO, Any, Iterator
 
-from .errors import OutputError
+from .errors import DataError, OutputError
 
 __all__ = [
     "atomic_write",
@@ -29,6 +29,7 @@ __all__ = [
     "is_temp_name",
     "remove_stale_temps",
     "ensure_writable_dir",
+    "claim_generated_folder",
 ]
 
 # ours (".name.abc123.tmp", ".name.abc123.tmp.mp4"), and those of earlier versions (".name.tmp",
@@ -197,3 +198,28 @@ def ensure_writable_dir(folder: str, what: str = "output folder") -> str:
             why = "it exists and is not a folder"
         raise OutputError(e.errno, f"cannot write to the {what} {folder}: {why}") from e
     return folder
+
+
+def claim_generated_folder(folder: str, record_name: str, params: dict, what: str) -> None:
+    """Record in ``folder/record_name`` the arguments a generator fills ``folder`` with (creating
+    the folder), so that re-running with other arguments is an error rather than a mix of two
+    datasets; re-running with the same arguments (to complete an interrupted run) is allowed.
+
+    Raises:
+        DataError: ``folder`` was generated with other arguments (naming each difference).
+    """
+    record = os.path.join(folder, record_name)
+    if os.path.isfile(record):
+        with open(record, encoding="utf-8") as f:
+            try:
+                old = json.load(f)
+            except ValueError:  # a damaged record: rewritten below
+                old = None
+        if isinstance(old, dict) and old != params:
+            changed = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
+            raise DataError(
+                f"{folder} holds a {what} generated with other arguments ({changed}, as "
+                "(there, asked)): delete the folder first (or pass another --root)"
+            )
+    os.makedirs(folder, exist_ok=True)
+    atomic_save_json(record, params)

@@ -7,15 +7,13 @@ colour ``c`` and shape ``s``), and ``<root>/captions/<split>.json``:
 Registered as ``testbed_sem_seg_{train,val}`` (``clipdistill/data/datasets/register_testbed.py``).
 """
 
-import json
 import os
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from ...utils.errors import DataError
-from ...utils.io import atomic_path, atomic_save_json
+from ...utils.io import atomic_path, atomic_save_json, claim_generated_folder
 from .render import DEFAULT_NUM_OBJECTS_P, render_scenes, sample_scenes
 from .world import DEFAULT_WORLD, World, caption_of
 
@@ -79,21 +77,7 @@ def generate_testbed(
         "unseen_classes": world.unseen_classes,
         "num_objects_p": [float(p) for p in num_objects_p],
     }
-    record = os.path.join(root, "testbed.json")
-    if os.path.isfile(record):
-        with open(record, encoding="utf-8") as f:
-            try:
-                old = json.load(f)
-            except ValueError:
-                old = None
-        if old is not None and old != params:
-            changed = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
-            raise DataError(
-                f"{root} holds a testbed generated with other arguments ({changed}, as "
-                "(there, asked)): delete the folder first (or pass another --root)"
-            )
-    os.makedirs(root, exist_ok=True)
-    atomic_save_json(record, params)
+    claim_generated_folder(root, "testbed.json", params, "testbed")
     for split, n in (("train", num_train), ("val", num_val)):
         rng = split_seed(seed, split)
         image_dir = os.path.join(root, "images", split)
