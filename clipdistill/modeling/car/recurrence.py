@@ -29,12 +29,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from ..clip.loader import clip_mean_std
 from ..clip.text import TextEncoder
 from .cam import grad_cam, refine_cams, sinkhorn_transition
 from .clip_ops import (
@@ -233,9 +233,8 @@ class CaRSegmenter(nn.Module):
     # ------------------------------------------------------------------ image side
     @staticmethod
     def _normalize(visual, x: torch.Tensor) -> torch.Tensor:
-        mean = getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
-        std = getattr(visual, "image_std", None) or OPENAI_DATASET_STD
-        return TF.normalize(x, mean, std)
+        mean, std = clip_mean_std(visual)
+        return TF.normalize(x, list(mean), list(std))
 
     def encode_image(self, image: Image.Image) -> _EncodedImage:
         """Proposal-CLIP encoding of ``image`` (resized with PIL bicubic so that both sides are
@@ -265,11 +264,9 @@ class CaRSegmenter(nn.Module):
             import open_clip
 
             visual = self.classifier_clip.visual
+            mean, std = clip_mean_std(visual)
             self._classifier_transform = open_clip.image_transform(
-                visual.image_size,
-                is_train=False,
-                mean=getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN,
-                std=getattr(visual, "image_std", None) or OPENAI_DATASET_STD,
+                visual.image_size, is_train=False, mean=mean, std=std
             )
         return self._classifier_transform(Image.fromarray(image))
 

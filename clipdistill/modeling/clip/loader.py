@@ -34,6 +34,7 @@ __all__ = [
     "sha256_file",
     "MODEL_CONFIG_DIR",
     "TOY_MODEL_NAME",
+    "clip_mean_std",
     "clip_pixel_stats",
 ]
 
@@ -50,11 +51,17 @@ _SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
 RANDOM_INIT_SEED = 0
 
 
-def clip_pixel_stats(visual: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, std)``, each ``[1, 3, 1, 1]`` float32 on the 0..255 scale: the normalisation of a
-    CLIP image tower's own preprocessing (OpenAI's constants unless the tower defines its own)."""
+def clip_mean_std(visual: nn.Module) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """``(mean, std)`` per RGB channel on the 0..1 scale: the normalisation of a CLIP image
+    tower's own preprocessing (open_clip records it on the tower; OpenAI's constants if not)."""
     mean = getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
     std = getattr(visual, "image_std", None) or OPENAI_DATASET_STD
+    return tuple(mean), tuple(std)
+
+
+def clip_pixel_stats(visual: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``clip_mean_std`` as ``[1, 3, 1, 1]`` float32 tensors on the 0..255 scale."""
+    mean, std = clip_mean_std(visual)
     return (
         torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0,
         torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0,

@@ -18,7 +18,6 @@ from typing import Dict, List, Sequence, Tuple
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -26,7 +25,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from detectron2.utils.memory import retry_if_cuda_oom
 
-from ..clip.loader import load_open_clip
+from ..clip.loader import clip_mean_std, load_open_clip
 from ..clip.text import PROMPT_TEMPLATES
 from ..criterion import HungarianMatcher, SetCriterion, masks_from_sem_seg
 from ..san.classifier import LearnableBgOvClassifier
@@ -232,9 +231,7 @@ class SAN(OpenVocabSegmenter):
             importance_sample_ratio=san.IMPORTANCE_SAMPLE_RATIO,
         )
         train_vocab = train_vocabulary_from_cfg(cfg)
-        # CLIP's own normalisation (open_clip records it on the tower; OpenAI's by default)
-        mean = getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
-        std = getattr(visual, "image_std", None) or OPENAI_DATASET_STD
+        mean, std = clip_mean_std(visual)  # CLIP's own normalisation
         return {
             "clip_visual_extractor": extractor,
             "clip_rec_head": rec_head,
