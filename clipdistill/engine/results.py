@@ -7,13 +7,12 @@ from typing import Dict, List
 import detectron2
 from tabulate import tabulate
 
+from ..evaluation.zero_shot import ZERO_SHOT_METRICS
 from ..utils.io import atomic_save_json, atomic_write
 
 __all__ = ["summarize_results", "write_results"]
 
 METRICS = ("mIoU", "fwIoU", "mACC", "pACC")
-#: added by ZeroShotSemSegEvaluator for datasets with a seen/unseen split
-ZERO_SHOT_METRICS = ("mIoU-seen", "mIoU-unseen", "hIoU")
 
 
 def summarize_results(results: Dict[str, Dict]) -> List[Dict]:

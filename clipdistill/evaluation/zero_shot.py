@@ -18,7 +18,15 @@ from detectron2.utils.file_io import PathManager
 
 from ..data.datasets.common import ZERO_SHOT_EVALUATOR_TYPE
 
-__all__ = ["ZeroShotSemSegEvaluator", "build_sem_seg_evaluator", "seen_unseen_miou"]
+__all__ = [
+    "ZERO_SHOT_METRICS",
+    "ZeroShotSemSegEvaluator",
+    "build_sem_seg_evaluator",
+    "seen_unseen_miou",
+]
+
+#: the metrics ``ZeroShotSemSegEvaluator`` adds to ``SemSegEvaluator``'s
+ZERO_SHOT_METRICS = ("mIoU-seen", "mIoU-unseen", "hIoU")
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +63,7 @@ def seen_unseen_miou(conf_matrix: np.ndarray, unseen: Sequence[bool]) -> Dict[st
         h = float("nan")
     else:
         h = 2 * seen_miou * unseen_miou / total if total > 0 else 0.0
-    return {"mIoU-seen": seen_miou, "mIoU-unseen": unseen_miou, "hIoU": h}
+    return dict(zip(ZERO_SHOT_METRICS, (seen_miou, unseen_miou, h)))
 
 
 class ZeroShotSemSegEvaluator(SemSegEvaluator):
