@@ -54,17 +54,21 @@ class BasePixelDecoder(nn.Module):
         self.in_features = [k for k, _ in shapes]
         use_bias = norm == ""
         lateral, output = [], []
+
+        def output_conv(c_in: int) -> Conv2d:
+            return Conv2d(
+                c_in,
+                conv_dim,
+                3,
+                padding=1,
+                bias=use_bias,
+                norm=get_norm(norm, conv_dim),
+                activation=F.relu,
+            )
+
         for idx, (_, spec) in enumerate(shapes):
             if idx == len(shapes) - 1:
-                out = Conv2d(
-                    spec.channels,
-                    conv_dim,
-                    3,
-                    padding=1,
-                    bias=use_bias,
-                    norm=get_norm(norm, conv_dim),
-                    activation=F.relu,
-                )
+                out = output_conv(spec.channels)
                 weight_init.c2_xavier_fill(out)
                 self.add_module(f"layer_{idx + 1}", out)
                 lateral.append(None)
@@ -72,16 +76,8 @@ class BasePixelDecoder(nn.Module):
                 lat = Conv2d(
                     spec.channels, conv_dim, 1, bias=use_bias, norm=get_norm(norm, conv_dim)
                 )
-                out = Conv2d(
-                    conv_dim,
-                    conv_dim,
-                    3,
-                    padding=1,
-                    bias=use_bias,
-                    norm=get_norm(norm, conv_dim),
-                    activation=F.relu,
-                )
-                weight_init.c2_xavier_fill(lat)
+                out = output_conv(conv_dim)
+                weight_init.c2_xavier_fill(lat)  # the order of the official code (random state)
                 weight_init.c2_xavier_fill(out)
                 self.add_module(f"adapter_{idx + 1}", lat)
                 self.add_module(f"layer_{idx + 1}", out)
