@@ -4,15 +4,15 @@ A slow segmenter (CaR: minutes per image on a CPU) evaluated on thousands of ima
 an interruption. ``PredictionCache`` wraps any segmenter for detectron2's
 ``inference_on_dataset``: for every input with a ``dataset_name`` and a ``file_name`` it writes
 the arg-max label map (PNG, 8 or 16 bit) under
-``<directory>/<fingerprint>/<dataset>-<vocabulary hash>/`` and, on a re-run, reads it back
-instead of running the model. The fingerprint covers the model and input configuration (and
-the checkpoint file's size and time), so a changed config never reads stale predictions.
+``<directory>/<fingerprint>/<dataset>-<vocabulary hash>/<image stem>-<image content hash>.png``
+and, on a re-run, reads it back instead of running the model. The fingerprint covers the model
+and input configuration and the checkpoint file's content, so a changed config, checkpoint or
+image never reads stale predictions (the rule of ``clipdistill.utils.fingerprint``).
 
 A cached prediction is returned as a one-hot ``[K, H, W]`` float32 map: the evaluator (which
 only takes the arg-max) scores it exactly like the original prediction.
 """
 
-import hashlib
 import logging
 import os
 from typing import List, Optional
@@ -25,24 +25,21 @@ from torch import nn
 from detectron2.data import MetadataCatalog
 
 from ..data.prepare.common import atomic_save
+from ..utils.fingerprint import digest, file_sha256
 
 __all__ = ["PredictionCache", "config_fingerprint", "maybe_wrap_prediction_cache"]
 
 logger = logging.getLogger(__name__)
 
 
-def _sha(text: str, n: int = 16) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
-
-
 def config_fingerprint(cfg) -> str:
-    """A short hash of what decides a prediction: ``MODEL``, ``INPUT`` and the checkpoint file."""
+    """A short hash of what decides a prediction: ``MODEL``, ``INPUT`` and the checkpoint file's
+    content."""
     parts = [cfg.MODEL.dump(), cfg.INPUT.dump()]
     weights = cfg.MODEL.WEIGHTS
     if weights and os.path.isfile(weights):
-        st = os.stat(weights)
-        parts.append(f"{os.path.abspath(weights)}:{st.st_size}:{st.st_mtime_ns}")
-    return _sha("\n".join(parts))
+        parts.append(file_sha256(weights))
+    return digest(parts, 16)
 
 
 class PredictionCache(nn.Module):
@@ -63,12 +60,12 @@ class PredictionCache(nn.Module):
 
     def _path(self, x: dict) -> Optional[str]:
         dataset, file_name = x.get("dataset_name"), x.get("file_name")
-        if dataset is None or file_name is None:
+        if dataset is None or file_name is None or not os.path.isfile(file_name):
             return None
         classes = list(MetadataCatalog.get(dataset).stuff_classes)
-        folder = f"{dataset}-{_sha(repr(classes), 8)}"
+        folder = f"{dataset}-{digest(classes, 8)}"
         stem = os.path.splitext(os.path.basename(file_name))[0]
-        return os.path.join(self.root, folder, f"{stem}-{_sha(os.path.abspath(file_name), 8)}.png")
+        return os.path.join(self.root, folder, f"{stem}-{file_sha256(file_name)[:16]}.png")
 
     @staticmethod
     def _one_hot(label: np.ndarray, num_classes: int) -> torch.Tensor:

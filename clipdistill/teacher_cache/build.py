@@ -23,8 +23,9 @@ from detectron2.data import detection_utils as utils
 from detectron2.utils import comm
 
 from ..utils.errors import DataError
-from .geometry import dense_grid_size
+from ..utils.fingerprint import file_fingerprint, sha256_file
 from ..utils.io import atomic_path, atomic_save_json, atomic_write, remove_stale_temps
+from .geometry import dense_grid_size
 from .store import (
     FORMAT_NAME,
     MANIFEST,
@@ -35,10 +36,8 @@ from .store import (
     check_key,
     dataset_cache_dir,
     describe_changed,
-    image_fingerprint,
     image_key,
     read_manifest,
-    sha256_file,
     shard_name,
 )
 
@@ -89,7 +88,7 @@ class _ShardImages(torch.utils.data.Dataset):
         try:
             with open(path, "rb") as f:
                 data = f.read()
-            fingerprint = image_fingerprint(path, data)
+            fingerprint = file_fingerprint(path, data)
             img = utils.read_image(path, format=self.image_format)
         except OSError as e:
             raise DataError(f"Cannot read image {path}: {e}") from e

@@ -18,7 +18,6 @@ the manifest records each image's size, modification time and sha256 (``image_fi
 opening a cache names the images that changed since it was built (``TeacherCache.check_images``).
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -30,9 +29,8 @@ from safetensors import safe_open
 from detectron2.data import DatasetCatalog
 
 from ..data.datasets.common import datasets_root
-from ..modeling.clip.loader import sha256_file, weights_identity
 from ..utils.errors import UserError
-from ..utils.io import atomic_save_json
+from ..utils.fingerprint import file_change, sha256_bytes, sha256_file, weights_identity
 
 __all__ = [
     "FORMAT_NAME",
@@ -42,13 +40,11 @@ __all__ = [
     "StaleTeacherCacheError",
     "DamagedShardError",
     "image_key",
-    "weights_identity",
     "cache_key",
     "dataset_cache_dir",
     "shard_name",
-    "sha256_file",
     "read_manifest",
-    "image_fingerprint",
+    "changed_images",
     "check_key",
     "TeacherCache",
     "TeacherCacheSet",
@@ -111,7 +107,7 @@ def cache_key(cfg, dataset_name: str, dataset_dicts: Optional[Sequence[dict]] = 
         "image_format": cfg.INPUT.FORMAT,
         "dataset": dataset_name,
         "num_images": len(keys),
-        "images_sha256": hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest(),
+        "images_sha256": sha256_bytes("\n".join(keys).encode("utf-8")),
         "dtype": "float16",
     }
 
@@ -125,13 +121,6 @@ def shard_name(index: int, num_shards: int) -> str:
 
 
 # ---------------------------------------------------------------------------------- files
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Write ``obj`` as JSON atomically (``clipdistill.utils.io.atomic_save_json``)."""
-    atomic_save_json(path, obj)
-
-
 class UnreadableManifestError(TeacherCacheError):
     """``manifest.json`` is truncated or not a manifest (``--overwrite`` rebuilds the cache)."""
 
@@ -158,36 +147,14 @@ def read_manifest(cache_dir: str) -> Optional[dict]:
     return manifest
 
 
-def image_fingerprint(path: str, data: Optional[bytes] = None) -> List:
-    """``[size in bytes, mtime in ns, sha256]`` of an image file (``data``: its bytes, when
-    already read)."""
-    st = os.stat(path)
-    if data is None:
-        digest = sha256_file(path)
-    else:
-        digest = hashlib.sha256(data).hexdigest()
-    return [int(st.st_size), int(st.st_mtime_ns), digest]
-
-
 def changed_images(dataset_dicts: Sequence[dict], recorded: Sequence) -> List[Tuple[str, str]]:
-    """``[(file, what changed)]`` of the images whose content differs from ``recorded``
-    fingerprints (same order). Size and modification time are compared first; a file with a new
-    time but the same size is re-hashed, so a mere ``touch`` (or a copy) is not a change."""
+    """``[(file, what changed)]`` of the images whose content differs from their ``recorded``
+    ``file_fingerprint`` (same order; the rule of ``clipdistill.utils.fingerprint``)."""
     out = []
     for d, rec in zip(dataset_dicts, recorded):
-        path = d["file_name"]
-        try:
-            st = os.stat(path)
-        except OSError:
-            out.append((path, "missing"))
-            continue
-        size, mtime, digest = rec
-        if st.st_size == size and st.st_mtime_ns == mtime:
-            continue
-        if st.st_size != size:
-            out.append((path, f"size {size} -> {st.st_size} bytes"))
-        elif sha256_file(path) != digest:
-            out.append((path, "content (sha256) changed"))
+        change = file_change(d["file_name"], rec)
+        if change is not None:
+            out.append((d["file_name"], change))
     return out
 
 

@@ -3,7 +3,7 @@
 training-free dense features (``dense``: MaskCLIP and its successors)."""
 
 from .dense import DENSE_METHODS, dense_features
-from .loader import MODEL_CONFIG_DIR, TOY_MODEL_NAME, load_open_clip, weights_identity
+from .loader import MODEL_CONFIG_DIR, TOY_MODEL_NAME, load_open_clip
 from .text import PROMPT_TEMPLATES, TextEncoder, check_class_names
 
 __all__ = [
@@ -12,7 +12,6 @@ __all__ = [
     "MODEL_CONFIG_DIR",
     "TOY_MODEL_NAME",
     "load_open_clip",
-    "weights_identity",
     "PROMPT_TEMPLATES",
     "TextEncoder",
     "check_class_names",

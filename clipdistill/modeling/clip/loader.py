@@ -3,18 +3,16 @@
 ``load_open_clip(model_name, weights, name_key=..., weights_key=...)`` builds an open_clip model
 from an open_clip pretrained tag, a local weights file or nothing (a seeded random initialisation),
 on local rank 0 first (it may download), with errors that name the config keys a user must set.
-``weights_identity(weights)`` is the one definition of what a weights setting *is* (used by every
-cache keyed by the weights: text embeddings, teacher outputs).
+It returns the ``weights_identity`` of the weights too (``clipdistill.utils.fingerprint``: the one
+definition of what a weights setting *is*, used by every cache keyed by the weights).
 
 Importing this module registers clipdistill's extra open_clip architectures (``model_configs/``):
 the tiny ``ViT-T-16-toy`` used by the tests, and ``CNN-8-testbed`` / ``ViT-8-testbed``, the
 testbed's own small CLIPs (their image towers are registered with timm by ``testbed_towers``).
 """
 
-import hashlib
 import logging
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -25,13 +23,11 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from ...utils.errors import ConfigError, ResourceError
+from ...utils.fingerprint import RANDOM_INIT_SEED, weights_identity
 from . import testbed_towers  # noqa: F401  (registers the testbed CLIPs' image towers with timm)
 
 __all__ = [
     "load_open_clip",
-    "weights_identity",
-    "is_random_init",
-    "sha256_file",
     "MODEL_CONFIG_DIR",
     "TOY_MODEL_NAME",
     "clip_mean_std",
@@ -47,8 +43,6 @@ TOY_MODEL_NAME = "ViT-T-16-toy"
 
 _WEIGHT_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
 _SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
-#: seed of the random initialisation used when no weights are given
-RANDOM_INIT_SEED = 0
 
 
 def clip_mean_std(visual: nn.Module) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
@@ -76,40 +70,6 @@ def _register_model_configs() -> None:
 
 
 _register_model_configs()
-
-
-# ------------------------------------------------------------------------------------ identity
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's content."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@lru_cache(maxsize=16)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    # keyed by (path, size, mtime): a large weights file is hashed once per process
-    return sha256_file(path)
-
-
-def is_random_init(weights: str) -> bool:
-    """True when ``weights`` asks for the seeded random initialisation (tests, toy configs)."""
-    return not weights
-
-
-def weights_identity(weights: str) -> str:
-    """What a weights setting is, independent of where it is: the open_clip tag, the sha256 of a
-    local file's content (copying the file elsewhere keeps caches valid, changing it invalidates
-    them), or the seeded random initialisation."""
-    if is_random_init(weights):
-        return f"random-init(seed={RANDOM_INIT_SEED})"
-    expanded = os.path.expanduser(weights)
-    if os.path.isfile(expanded):
-        st = os.stat(expanded)
-        return "file-sha256:" + _file_sha256(os.path.abspath(expanded), st.st_size, st.st_mtime_ns)
-    return f"open_clip-tag:{weights}"
 
 
 # ------------------------------------------------------------------------------------ loading

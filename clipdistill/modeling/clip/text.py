@@ -1,7 +1,6 @@
 """Text side of CLIP for every architecture: prompt templates, class-name checks and the
 ``TextEncoder`` (prompt-ensembled class embeddings cached per vocabulary in memory and on disk)."""
 
-import hashlib
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from safetensors.torch import save_file
 
 from ...data.synthetic.world import caption_of
 from ...utils.errors import ConfigError
+from ...utils.fingerprint import digest
 from ...utils.io import atomic_path
 
 __all__ = [
@@ -231,7 +231,7 @@ class TextEncoder:
         directory = self.cache_dir or os.path.join(
             os.environ.get("XDG_CACHE_HOME", "~/.cache"), "clipdistill", "text_embeddings"
         )
-        key = json.dumps(
+        key = digest(
             [
                 self.model_name,
                 self.identity,
@@ -240,8 +240,7 @@ class TextEncoder:
                 open_clip.__version__,
             ]
         )
-        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
-        return os.path.join(os.path.expanduser(directory), f"{digest}.safetensors")
+        return os.path.join(os.path.expanduser(directory), f"{key}.safetensors")
 
     # ------------------------------------------------------------------------------ disk
     def _read(self, path: str, names: List[str]) -> Optional[torch.Tensor]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..clip.loader import weights_identity
+from ...utils.fingerprint import weights_identity
 from ..clip.text import TextEncoder
 
 __all__ = ["LearnableBgOvClassifier"]
