@@ -25,12 +25,8 @@ from detectron2.utils.logger import setup_logger
 
 from clipdistill.engine.setup import get_clipdistill_cfg
 from clipdistill.engine.validate import check_datasets_registered
-from clipdistill.teacher_cache import (
-    TeacherCache,
-    build_teacher_cache,
-    cache_key,
-    dataset_cache_dir,
-)
+from clipdistill.data.teacher_cache import TeacherCache, cache_key, dataset_cache_dir
+from clipdistill.engine.teacher_cache import build_teacher_cache
 from clipdistill.utils.cli import add_debug_argument, launch_tool, parse_args_allowing_late_options
 
 PROG = "cache_teacher.py"

@@ -510,7 +510,7 @@ def bench_cache_warp(cfg, train_size: int, iters: int) -> Optional[float]:
     from detectron2.data import transforms as T
 
     from ..modeling.teacher import CLIPTeacher  # noqa: F401  (registers the toy model config)
-    from ..teacher_cache import dense_grid_size, sample_dense, transforms_to_affine
+    from ..data.teacher_cache import dense_grid_size, sample_dense, transforms_to_affine
 
     t = cfg.MODEL.CLIPDISTILL.TEACHER
 

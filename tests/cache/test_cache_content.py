@@ -14,15 +14,14 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from clipdistill.modeling.teacher import CLIPTeacher
-from clipdistill.teacher_cache import (
+from clipdistill.data.teacher_cache import (
     StaleTeacherCacheError,
     TeacherCacheError,
-    build_teacher_cache,
     dataset_cache_dir,
     image_key,
     open_teacher_caches,
-    teacher_targets_for_image,
 )
+from clipdistill.engine.teacher_cache import build_teacher_cache, teacher_targets_for_image
 from common import tiny_cfg
 
 N = 5  # images; shards of 2 -> 3 shards

@@ -20,20 +20,19 @@ from detectron2.utils.events import EventStorage
 
 from clipdistill.data import SemSegDatasetMapper
 from clipdistill.modeling.teacher import CLIPTeacher
-from clipdistill.teacher_cache import (
+from clipdistill.data.teacher_cache import (
     DamagedShardError,
     StaleTeacherCacheError,
     TeacherCache,
     TeacherCacheError,
-    build_teacher_cache,
     cache_key,
     dataset_cache_dir,
     image_key,
     open_teacher_caches,
-    resize_for_teacher,
     sample_dense,
     transforms_to_affine,
 )
+from clipdistill.engine.teacher_cache import build_teacher_cache, resize_for_teacher
 from common import REPO, tiny_cfg, write_image
 
 SIZES = [(64, 64), (64, 96), (80, 64), (48, 72), (64, 64)]  # (H, W); 5 images, 3 shards of 2

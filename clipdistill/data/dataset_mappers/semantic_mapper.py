@@ -98,7 +98,7 @@ class SemSegDatasetMapper:
             teacher_cache (TeacherCacheSet or None): training only; when given, every output
                 also carries the cached teacher targets of its augmented image:
                 ``"teacher_dense"`` (float16 ``[C, g, g]``, the cached dense map warped by the
-                same resize/crop/flip as the image, see ``clipdistill.teacher_cache.sample_dense``)
+                same resize/crop/flip as the image, see ``clipdistill.data.teacher_cache.sample_dense``)
                 and ``"teacher_global"`` (float16 ``[C]``, per ``GLOBAL_TARGET``); the dense map
                 only when needed (``loss_dense`` on, or ``GLOBAL_TARGET: crop_pool``).
             label_map (np.ndarray or None): training only; a lookup table from dataset label values
@@ -143,7 +143,7 @@ class SemSegDatasetMapper:
             label_map = cls.seen_label_map(metas, ignore, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
         teacher_cache = None
         if is_train and cfg.MODEL.CLIPDISTILL.TEACHER_CACHE.ENABLED:
-            from ...teacher_cache import open_teacher_caches
+            from ..teacher_cache import open_teacher_caches
 
             teacher_cache = open_teacher_caches(cfg, dataset_names)
         return {
@@ -245,7 +245,7 @@ class SemSegDatasetMapper:
 
     def _add_cached_teacher_targets(self, dataset_dict, orig_hw, transforms, out_hw) -> None:
         """Read the image's cached teacher outputs and apply the image's geometry to them."""
-        from ...teacher_cache import image_key, sample_dense, transforms_to_affine
+        from ..teacher_cache import image_key, sample_dense, transforms_to_affine
 
         cache = self.teacher_cache
         key = image_key(dataset_dict)

@@ -28,9 +28,9 @@ from safetensors import safe_open
 
 from detectron2.data import DatasetCatalog
 
-from ..data.datasets.common import datasets_root
-from ..utils.errors import UserError
-from ..utils.fingerprint import file_change, sha256_bytes, sha256_file, weights_identity
+from ...utils.errors import UserError
+from ...utils.fingerprint import file_change, sha256_bytes, sha256_file, weights_identity
+from ..datasets.common import datasets_root
 
 __all__ = [
     "FORMAT_NAME",

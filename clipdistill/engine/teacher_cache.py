@@ -1,4 +1,5 @@
-"""Build the teacher-output cache: run the frozen teacher once over a registered dataset.
+"""Build the teacher-output cache: run the frozen teacher once over a registered dataset (the
+reading side, format and validation: ``clipdistill.data.teacher_cache``).
 
 Work is split in shards of ``SHARD_SIZE`` images; process ``r`` of ``N`` handles shards
 ``r, r + N, r + 2N, ...`` (``tools/cache_teacher.py --num-gpus N`` starts them with detectron2's
@@ -22,11 +23,8 @@ from detectron2.data import DatasetCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.utils import comm
 
-from ..utils.errors import DataError
-from ..utils.fingerprint import file_fingerprint, sha256_file
-from ..utils.io import atomic_path, atomic_save_json, atomic_write, remove_stale_temps
-from .geometry import dense_grid_size
-from .store import (
+from ..data.teacher_cache.geometry import dense_grid_size
+from ..data.teacher_cache.store import (
     FORMAT_NAME,
     MANIFEST,
     TeacherCacheError,
@@ -40,6 +38,10 @@ from .store import (
     read_manifest,
     shard_name,
 )
+from ..modeling.teacher import CLIPTeacher
+from ..utils.errors import DataError
+from ..utils.fingerprint import file_fingerprint, sha256_file
+from ..utils.io import atomic_path, atomic_save_json, atomic_write, remove_stale_temps
 
 __all__ = ["build_teacher_cache", "teacher_targets_for_image", "resize_for_teacher"]
 
@@ -233,8 +235,6 @@ def build_teacher_cache(
         raise TeacherCacheError(f"Dataset {dataset_name} is empty: nothing to cache.")
     key = cache_key(cfg, dataset_name, dicts)
     if teacher is None:
-        from ..modeling.teacher import CLIPTeacher
-
         teacher = CLIPTeacher(cfg)
         if torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
             teacher = teacher.to(f"cuda:{comm.get_local_rank()}")
