@@ -146,9 +146,7 @@ class SegmenterCheckpointer(DetectionCheckpointer):
         """
         self.resumed_from = None
         if self.save_to_disk and self.save_dir and os.path.isdir(self.save_dir):
-            n = remove_stale_temps(self.save_dir)
-            if n:
-                self.logger.info(f"Removed {n} partial file(s) of an interrupted write.")
+            remove_stale_temps(self.save_dir)
         if resume:
             candidates, notes = self._resume_candidates()
             for note in notes:

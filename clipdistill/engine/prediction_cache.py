@@ -24,8 +24,8 @@ from torch import nn
 
 from detectron2.data import MetadataCatalog
 
-from ..data.prepare.common import atomic_save
 from ..utils.fingerprint import digest, file_sha256
+from ..utils.io import atomic_save_image
 
 __all__ = ["PredictionCache", "config_fingerprint", "maybe_wrap_prediction_cache"]
 
@@ -98,7 +98,7 @@ class PredictionCache(nn.Module):
                 label = sem_seg.argmax(dim=0).cpu().numpy()
                 dtype = np.uint8 if sem_seg.shape[0] <= 256 else np.uint16
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                atomic_save(path, label.astype(dtype))
+                atomic_save_image(path, label.astype(dtype))
         return results
 
 

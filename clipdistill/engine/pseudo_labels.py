@@ -36,8 +36,7 @@ from ..data.datasets.register_pseudo_labels import (
     register_pseudo_label_dataset,
 )
 from ..data.datasets.common import datasets_root
-from ..data.prepare.common import atomic_save
-from ..utils.io import atomic_save_json
+from ..utils.io import atomic_save_image, atomic_save_json
 from .prediction_cache import config_fingerprint
 
 __all__ = ["make_pseudo_labels", "default_output_dir"]
@@ -124,7 +123,7 @@ def make_pseudo_labels(
         label = out.argmax(dim=0).cpu().numpy()
         dtype = np.uint8 if len(classes) <= 255 else np.uint16
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_save(path, label.astype(dtype))
+        atomic_save_image(path, label.astype(dtype))
         done += 1
     logger.info(
         f"[pseudo-labels] rank {rank}: {done} images labelled, {skipped} already done "

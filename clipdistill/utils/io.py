@@ -14,10 +14,14 @@ and recognised by :func:`is_temp_name` / :func:`remove_stale_temps`.
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import tempfile
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Union
+
+import numpy as np
+from PIL import Image
 
 from .errors import DataError, OutputError
 
@@ -25,12 +29,15 @@ __all__ = [
     "atomic_write",
     "atomic_path",
     "atomic_save_json",
+    "atomic_save_image",
     "default_file_mode",
     "is_temp_name",
     "remove_stale_temps",
     "ensure_writable_dir",
     "claim_generated_folder",
 ]
+
+logger = logging.getLogger(__name__)
 
 # ours (".name.abc123.tmp", ".name.abc123.tmp.mp4"), and those of earlier versions (".name.tmp",
 # ".tmp-*")
@@ -63,7 +70,8 @@ def is_temp_name(name: str) -> bool:
 
 
 def remove_stale_temps(folder: str) -> int:
-    """Delete the temporary files that interrupted writers left in ``folder``; returns how many.
+    """Delete the temporary files that interrupted writers left in ``folder`` (logged); returns
+    how many.
 
     Call it only when no other process writes into ``folder`` at the same time."""
     if not os.path.isdir(folder):
@@ -75,6 +83,8 @@ def remove_stale_temps(folder: str) -> int:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(entry.path)
                     n += 1
+    if n:
+        logger.info("Removed %d stale temporary file(s) of an interrupted write in %s", n, folder)
     return n
 
 
@@ -179,6 +189,36 @@ def atomic_save_json(path: str, obj: Any, *, indent: int = 1, fsync: bool = True
     """Write ``obj`` as JSON to ``path`` atomically (:func:`atomic_write`)."""
     with atomic_write(path, "w", fsync=fsync) as f:
         json.dump(obj, f, indent=indent)
+
+
+_IMAGE_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def atomic_save_image(path: str, data: Union[np.ndarray, Image.Image], **save_kwargs) -> None:
+    """Save an image or a label map to ``path`` atomically (:func:`atomic_write`, without
+    ``fsync``: bulk outputs whose completeness the next run checks).
+
+    Args:
+        path (str): final file name; its extension (.png, .tif, .jpg) picks the format.
+        data (ndarray or PIL.Image): uint8 (H,W) / (H,W,3) or uint16 (H,W) arrays, or an image.
+            uint16 arrays are stored as 16-bit (PIL mode ``I;16``), so only PNG/TIFF fit them.
+        save_kwargs: passed to ``PIL.Image.save`` (e.g. ``quality`` for JPEG).
+    """
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _IMAGE_FORMATS:
+        raise ValueError(f"atomic_save_image: unsupported extension {ext!r} for {path}")
+    if isinstance(data, np.ndarray):
+        if data.dtype not in (np.uint8, np.uint16):
+            raise ValueError(
+                f"atomic_save_image: expected uint8 or uint16, got {data.dtype} for {path}"
+            )
+        image = Image.fromarray(data)
+    else:
+        image = data
+    # no fsync per file (thousands of them): a kill never leaves a partial file, and a file cut
+    # short by a power loss fails the next run's completeness check and is regenerated
+    with atomic_write(path, fsync=False) as f:
+        image.save(f, format=_IMAGE_FORMATS[ext], **save_kwargs)
 
 
 def ensure_writable_dir(folder: str, what: str = "output folder") -> str:

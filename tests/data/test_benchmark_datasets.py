@@ -27,7 +27,8 @@ from clipdistill.data.datasets.register_coco_stuff import register_all_coco_stuf
 from clipdistill.data.datasets.register_pcontext import register_all_pcontext
 from clipdistill.data.datasets.register_voc_aug import register_all_voc_aug
 from clipdistill.data.prepare import ade20k, coco_stuff, pcontext, voc_aug
-from clipdistill.data.prepare.common import PrepareError, atomic_save
+from clipdistill.data.prepare.common import PrepareError
+from clipdistill.utils.io import atomic_save_image
 
 COCO_UNUSED = [12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91]
 
@@ -108,7 +109,7 @@ def test_class_files_load_from_package_dir(tmp_path, monkeypatch):
 def test_atomic_save_uint16_tiff_roundtrip(tmp_path):
     a = np.array([[0, 1, 458, 846], [65535, 2, 3, 4]], dtype=np.uint16)
     p = str(tmp_path / "x.tif")
-    atomic_save(p, a)
+    atomic_save_image(p, a)
     with Image.open(p) as im:
         assert im.mode == "I;16"
         assert np.array_equal(np.asarray(im), a)

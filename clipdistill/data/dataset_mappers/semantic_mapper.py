@@ -98,7 +98,7 @@ class SemSegDatasetMapper:
             teacher_cache (TeacherCacheSet or None): training only; when given, every output
                 also carries the cached teacher targets of its augmented image:
                 ``"teacher_dense"`` (float16 ``[C, g, g]``, the cached dense map warped by the
-                same resize/crop/flip as the image, see ``clipdistill.data.teacher_cache.sample_dense``)
+                same resize/crop/flip as the image, see ``data.teacher_cache.sample_dense``)
                 and ``"teacher_global"`` (float16 ``[C]``, per ``GLOBAL_TARGET``); the dense map
                 only when needed (``loss_dense`` on, or ``GLOBAL_TARGET: crop_pool``).
             label_map (np.ndarray or None): training only; a lookup table from dataset label values

@@ -6,14 +6,13 @@ around their ``main`` functions. See ``datasets/README.md`` for the expected tre
 
 from .ade20k import prepare_ade20k_150, prepare_ade20k_full
 from .coco_stuff import prepare_coco_stuff
-from .common import PrepareError, atomic_save
+from .common import PrepareError
 from .pcontext import prepare_pcontext
 from .voc import prepare_voc20
 from .voc_aug import prepare_voc_aug
 
 __all__ = [
     "PrepareError",
-    "atomic_save",
     "prepare_ade20k_150",
     "prepare_ade20k_full",
     "prepare_coco_stuff",

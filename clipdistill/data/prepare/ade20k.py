@@ -27,17 +27,16 @@ from typing import Dict, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ...utils.io import atomic_save_image, remove_stale_temps
 from ..datasets.common import datasets_root, load_class_ids
 from .common import (
     PrepareError,
-    atomic_save,
     base_argument_parser,
     make_lut,
     output_is_complete,
     read_image,
     read_label,
     run_cli,
-    remove_stale_temps,
     run_jobs,
 )
 
@@ -76,7 +75,7 @@ def _convert_150(job):
     raw = read_label(src, "ADE20K annotation")
     if raw.dtype != np.uint8 or raw.max(initial=0) > 150:
         raise PrepareError(f"Expected uint8 values 0..150 in ADE20K annotation: {src}")
-    atomic_save(dst, convert_ade150(raw))
+    atomic_save_image(dst, convert_ade150(raw))
     return "written"
 
 
@@ -153,8 +152,8 @@ def _convert_847(job, lut, jpeg_quality):
         img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
         label = cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST)
     # label first: a complete label with a missing image is redone as a pair anyway
-    atomic_save(lab_dst, np.ascontiguousarray(label, dtype=np.uint16))
-    atomic_save(img_dst, np.ascontiguousarray(img), quality=jpeg_quality)
+    atomic_save_image(lab_dst, np.ascontiguousarray(label, dtype=np.uint16))
+    atomic_save_image(img_dst, np.ascontiguousarray(img), quality=jpeg_quality)
     return "written"
 
 

@@ -17,16 +17,15 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from ...utils.io import atomic_save_image, remove_stale_temps
 from ..datasets.common import datasets_root, load_class_ids
 from .common import (
     PrepareError,
-    atomic_save,
     base_argument_parser,
     make_lut,
     output_is_complete,
     read_label,
     run_cli,
-    remove_stale_temps,
     run_jobs,
 )
 
@@ -58,7 +57,7 @@ def _convert_one(job, lut):
     raw = read_label(src, "COCO-Stuff stuffthingmap")
     if raw.dtype != np.uint8:
         raise PrepareError(f"Expected an 8-bit stuffthingmap, got {raw.dtype}: {src}")
-    atomic_save(dst, convert_coco_stuff(raw, lut))
+    atomic_save_image(dst, convert_coco_stuff(raw, lut))
     return "written"
 
 

@@ -4,12 +4,12 @@ Every converter follows the same rules:
 
 - inputs are read with :func:`read_label` / :func:`read_image`, which raise :class:`PrepareError`
   naming the file when it is missing or cannot be decoded (e.g. a truncated PNG);
-- outputs are written with :func:`atomic_save` (``clipdistill.utils.io.atomic_write``: temporary
-  file in the same folder, then ``os.replace``), so an interrupted run never leaves a half-written
-  output under its final name;
+- outputs are written with ``clipdistill.utils.io.atomic_save_image`` (temporary file in the same
+  folder, then ``os.replace``), so an interrupted run never leaves a half-written output under
+  its final name;
 - a re-run skips outputs that already exist and decode (:func:`output_is_complete`), and
   regenerates the others; stale temporary files of an interrupted run are removed
-  (:func:`remove_stale_temps`);
+  (``clipdistill.utils.io.remove_stale_temps``);
 - a missing or damaged input is one line on stderr and exit status 2 (``--debug``: traceback).
 """
 
@@ -18,7 +18,7 @@ import logging
 import multiprocessing
 import os
 import sys
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -26,14 +26,10 @@ from tqdm import tqdm
 
 from ...utils.cli import add_debug_argument, run_tool
 from ...utils.errors import UserError
-from ...utils.io import atomic_write
-from ...utils.io import remove_stale_temps as _remove_stale_temps
 
 __all__ = [
     "PrepareError",
-    "atomic_save",
     "output_is_complete",
-    "remove_stale_temps",
     "read_image",
     "read_label",
     "read_id_list",
@@ -44,35 +40,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
-
 
 class PrepareError(UserError, RuntimeError):
     """A missing or damaged input (the message names the file), or an inconsistent dataset."""
-
-
-def atomic_save(path: str, data: Union[np.ndarray, Image.Image], **save_kwargs) -> None:
-    """Save an image or array to ``path`` atomically (temp file in the same folder + rename).
-
-    Args:
-        path (str): final file name; its extension (.png, .tif, .jpg) picks the format.
-        data (ndarray or PIL.Image): uint8 (H,W) / (H,W,3) or uint16 (H,W) arrays, or an image.
-            uint16 arrays are stored as 16-bit (PIL mode ``I;16``), so only PNG/TIFF fit them.
-        save_kwargs: passed to ``PIL.Image.save`` (e.g. ``quality`` for JPEG).
-    """
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in _FORMATS:
-        raise ValueError(f"atomic_save: unsupported extension {ext!r} for {path}")
-    if isinstance(data, np.ndarray):
-        if data.dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"atomic_save: expected uint8 or uint16, got {data.dtype} for {path}")
-        image = Image.fromarray(data)
-    else:
-        image = data
-    # no fsync per file (thousands of them): a kill never leaves a partial file, and a file cut
-    # short by a power loss fails output_is_complete and is regenerated on the next run
-    with atomic_write(path, fsync=False) as f:
-        image.save(f, format=_FORMATS[ext], **save_kwargs)
 
 
 def output_is_complete(path: str) -> bool:
@@ -88,14 +58,6 @@ def output_is_complete(path: str) -> bool:
     except Exception:
         return False
     return True
-
-
-def remove_stale_temps(folder: str) -> int:
-    """Delete temporary files that an interrupted run left in ``folder``; returns their count."""
-    n = _remove_stale_temps(folder)
-    if n:
-        logger.info("Removed %d stale temporary files in %s", n, folder)
-    return n
 
 
 def _open(path: str, what: str) -> Image.Image:

@@ -27,15 +27,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ...utils.io import atomic_save_image, remove_stale_temps
 from ..datasets.common import datasets_root, load_class_ids, load_class_names
 from .common import (
     PrepareError,
-    atomic_save,
     base_argument_parser,
     make_lut,
     output_is_complete,
     read_id_list,
-    remove_stale_temps,
     run_cli,
     run_jobs,
 )
@@ -143,9 +142,9 @@ def _convert_one(job, lut, do59, do459):
         return "skipped"
     label = load_label_map(mat_path)
     if need459:
-        atomic_save(dst459, convert_pc459(label))
+        atomic_save_image(dst459, convert_pc459(label))
     if need59:
-        atomic_save(dst59, convert_pc59(label, lut))
+        atomic_save_image(dst59, convert_pc59(label, lut))
     return "written"
 
 

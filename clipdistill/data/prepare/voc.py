@@ -17,10 +17,11 @@ from typing import List, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from ...utils.io import atomic_save_image, remove_stale_temps
 from ..datasets.common import datasets_root
 from ..datasets.register_voc import VOC_SUBDIR
-from .common import PrepareError, atomic_save, base_argument_parser, output_is_complete
-from .common import read_id_list, read_label, remove_stale_temps, run_cli
+from .common import PrepareError, base_argument_parser, output_is_complete
+from .common import read_id_list, read_label, run_cli
 
 __all__ = ["voc_to_voc20", "read_split_ids", "prepare_voc20", "main"]
 
@@ -77,7 +78,7 @@ def prepare_voc20(
                 out = voc_to_voc20(read_label(src, "VOC label"))
             except ValueError as e:
                 raise PrepareError(f"{src}: {e}") from e
-            atomic_save(dst, out)
+            atomic_save_image(dst, out)
             written += 1
     return written
 

@@ -24,16 +24,14 @@ from typing import Dict
 from ..datasets.common import datasets_root
 from ..datasets.register_voc import VOC_SUBDIR
 from .voc import voc_to_voc20
-from ...utils.io import atomic_write
+from ...utils.io import atomic_save_image, atomic_write, remove_stale_temps
 from .common import (
     PrepareError,
-    atomic_save,
     base_argument_parser,
     output_is_complete,
     read_id_list,
     read_label,
     run_cli,
-    remove_stale_temps,
     run_jobs,
 )
 
@@ -51,7 +49,7 @@ def _convert_one(job):
         out = voc_to_voc20(raw)
     except ValueError as e:
         raise PrepareError(f"{src}: {e}") from e
-    atomic_save(dst, out)
+    atomic_save_image(dst, out)
     return "written"
 
 
