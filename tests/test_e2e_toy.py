@@ -16,7 +16,7 @@ from PIL import Image
 
 from common import REPO
 from clipdistill.data.synthetic import DEFAULT_WORLD
-from clipdistill.utils.visualize import load_sem_seg_predictions
+from clipdistill.evaluation.visualize import load_sem_seg_predictions
 
 CFG = os.path.join(REPO, "configs", "voc_toy.yaml")
 TOY_ITERS = 120

@@ -19,7 +19,7 @@ from detectron2.utils.logger import setup_logger
 
 import clipdistill  # noqa: F401  (registers datasets)
 from clipdistill.utils.cli import add_debug_argument, report_error, run_tool
-from clipdistill.utils.visualize import render_prediction_file
+from clipdistill.evaluation.visualize import render_prediction_file
 
 PROG = "visualize_json_results.py"
 

@@ -1,31 +1,25 @@
-"""Rendering of semantic-segmentation results.
-
-Used by ``tools/visualize_json_results.py`` (predictions of ``SemSegEvaluator`` next to the ground
-truth, drawn with detectron2's ``Visualizer``) and by the deployment tools (``tools/demo.py``,
-``tools/web_demo.py``: indexed-colour label maps, fast blended overlays with a legend).
+"""Drawing of label maps: detectron2's ``Visualizer`` with region names (``draw_sem_seg``, used by
+``clipdistill.evaluation.visualize`` for ``tools/visualize_json_results.py``), indexed-colour
+label maps and fast blended overlays with a legend (the deployment tools: ``tools/demo.py``,
+``tools/web_demo.py``), and fonts for class names in any script. Nothing here reads a dataset.
 
 Label maps hold contiguous class indices ``0..K-1``; any other value (negative "no prediction",
 the ignore label 255/65535, ...) is treated as unlabelled and never drawn.
 """
 
 import functools
-import json
 import logging
 import os
-from collections import defaultdict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-import pycocotools.mask as mask_util
 from PIL import Image, ImageDraw, ImageFont
 
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from .errors import ConfigError, ConfigKeyError, DataError
-from .io import atomic_write, ensure_writable_dir
+from .colors import deterministic_colors
 
 __all__ = [
-    "load_sem_seg_predictions",
     "draw_sem_seg",
     "side_by_side",
     "class_colors",
@@ -33,101 +27,9 @@ __all__ = [
     "label_map_image",
     "overlay_with_legend",
     "classes_present",
-    "render_prediction_file",
     "font_for",
+    "titled",
 ]
-
-
-# ------------------------------------------------------------------------------------------------
-# sem_seg_predictions.json
-# ------------------------------------------------------------------------------------------------
-def load_sem_seg_predictions(
-    json_path: str, id_to_contiguous: Optional[Dict[int, int]] = None, fill: int = -1
-) -> Dict[str, np.ndarray]:
-    """Read ``sem_seg_predictions.json`` written by ``SemSegEvaluator`` into label maps.
-
-    ``SemSegEvaluator`` writes one record per (image, class): ``file_name``, ``category_id`` and an
-    RLE ``segmentation``. The ``category_id`` is the *dataset* id when the dataset's metadata has
-    ``stuff_dataset_id_to_contiguous_id`` (COCO-Stuff: 1..182 with gaps), else the contiguous
-    index itself.
-
-    Args:
-        json_path: the file.
-        id_to_contiguous: the dataset's ``stuff_dataset_id_to_contiguous_id`` (None: the ids in
-            the file are contiguous indices). JSON round trips may turn its keys into strings;
-            both are accepted.
-        fill: value of pixels that no record covers.
-
-    Returns:
-        dict: ``file_name -> int64 [H, W]`` map of contiguous class indices, in file order.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not JSON, not a list of records, no records, malformed records, or an id that
-            the mapping does not know (the predictions belong to another dataset).
-    """
-    if not os.path.isfile(json_path):
-        raise FileNotFoundError(f"Predictions file {json_path} does not exist")
-    with open(json_path, "rb") as f:
-        data = f.read()
-    try:
-        records = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"Predictions file {json_path} is not valid JSON: {e}") from e
-    if not isinstance(records, list):
-        raise DataError(
-            f"Predictions file {json_path} holds a {type(records).__name__}, not the list of "
-            f"records that SemSegEvaluator writes"
-        )
-    if not records:
-        raise DataError(
-            f"Predictions file {json_path} holds no predictions (the evaluation saw no images?)"
-        )
-    mapping = None
-    if id_to_contiguous is not None:
-        mapping = {int(k): int(v) for k, v in id_to_contiguous.items()}
-    by_file = defaultdict(list)
-    index = {}
-    for i, r in enumerate(records):
-        if not isinstance(r, dict) or not {"file_name", "category_id", "segmentation"} <= set(r):
-            raise DataError(
-                f"{json_path}: record {i} is not a SemSegEvaluator prediction (needs file_name, "
-                f"category_id, segmentation): {str(r)[:200]}"
-            )
-        by_file[r["file_name"]].append(r)
-        index[id(r)] = i
-    out = {}
-    for file_name, recs in by_file.items():
-        label = None
-        for r in recs:
-            try:
-                m = mask_util.decode(r["segmentation"]).astype(bool)
-                cid = int(r["category_id"])
-                if m.ndim != 2:
-                    raise ValueError(f"decoded mask has shape {m.shape}")
-            except Exception as e:  # pycocotools raises several types for damaged RLE
-                raise DataError(
-                    f"{json_path}: record {index[id(r)]} (file_name {file_name}) has a damaged "
-                    f"segmentation or category_id ({type(e).__name__}: {e})"
-                ) from e
-            if label is None:
-                label = np.full(m.shape, fill, dtype=np.int64)
-            elif m.shape != label.shape:
-                raise DataError(
-                    f"{json_path}: masks of {file_name} have different sizes {m.shape} and "
-                    f"{label.shape}"
-                )
-            if mapping is not None:
-                if cid not in mapping:
-                    raise DataError(
-                        f"{json_path}: category_id {cid} of {file_name} is not in the dataset's "
-                        f"stuff_dataset_id_to_contiguous_id (ids {min(mapping)}..{max(mapping)}); "
-                        f"were these predictions made on another dataset?"
-                    )
-                cid = mapping[cid]
-            label[m] = cid
-        out[file_name] = label
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -175,8 +77,6 @@ def class_colors(num_classes: int, colors: Optional[Sequence[Sequence[int]]] = N
     at least ``num_classes`` entries, else clipdistill's deterministic palette."""
     if colors is not None and len(colors) >= num_classes:
         return np.asarray([list(c)[:3] for c in colors[:num_classes]], dtype=np.uint8)
-    from clipdistill.data.datasets.common import deterministic_colors
-
     return np.asarray(deterministic_colors(num_classes), dtype=np.uint8).reshape(-1, 3)
 
 
@@ -381,10 +281,7 @@ def overlay_with_legend(
     return np.asarray(Image.alpha_composite(canvas, layer).convert("RGB"))
 
 
-# ------------------------------------------------------------------------------------------------
-# tools/visualize_json_results.py
-# ------------------------------------------------------------------------------------------------
-def _titled(panel: np.ndarray, title: str) -> np.ndarray:
+def titled(panel: np.ndarray, title: str) -> np.ndarray:
     """``panel`` (same size) with ``title`` on a white box in its bottom-left corner."""
     h, w = panel.shape[:2]
     size = int(np.clip(min(h, w) / 14, 8, 20))
@@ -395,91 +292,3 @@ def _titled(panel: np.ndarray, title: str) -> np.ndarray:
     draw.rectangle([0, h - size - 4, min(w, tw + 6), h], fill=(255, 255, 255))
     draw.text((3, h - size - 3), title, font=font, fill=(0, 0, 0))
     return np.asarray(im)
-
-
-def render_prediction_file(
-    json_path: str,
-    dataset_name: str,
-    output_dir: str,
-    limit: int = 0,
-    min_area: int = 0,
-    alpha: float = 0.6,
-    progress: bool = True,
-) -> Tuple[List[str], List[Tuple[str, str]]]:
-    """Render ``sem_seg_predictions.json`` of ``dataset_name`` as ``image | prediction | ground
-    truth`` PNGs (one per image, named after the image) in ``output_dir``.
-
-    Category ids are mapped back through the dataset's ``stuff_dataset_id_to_contiguous_id`` when
-    it has one; colours and names come from its ``stuff_colors`` / ``stuff_classes``. An image
-    whose path in the file does not exist is looked up in the dataset by its base name (e.g.
-    predictions written on another machine); if that fails too it is skipped and reported.
-
-    Args:
-        limit: render at most this many images (0: all), in file-name order.
-        min_area: connected regions smaller than this (pixels) are not drawn.
-
-    Returns:
-        ``(written PNG paths, [(image, reason)] of the skipped images)``.
-
-    Raises:
-        KeyError: the dataset is not registered. FileNotFoundError / ValueError: see
-        ``load_sem_seg_predictions``.
-    """
-    from tqdm import tqdm
-
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    from clipdistill.data import read_sem_seg_label
-
-    if dataset_name not in DatasetCatalog.list():
-        close = [n for n in DatasetCatalog.list() if n.split("_")[0] in dataset_name]
-        raise ConfigKeyError(
-            f"dataset {dataset_name!r} is not registered"
-            + (f"; registered names like it: {sorted(close)[:10]}" if close else "")
-        )
-    meta = MetadataCatalog.get(dataset_name)
-    if meta.get("stuff_classes", None) is None:
-        raise ConfigError(f"dataset {dataset_name!r} has no stuff_classes (not a sem_seg dataset?)")
-    preds = load_sem_seg_predictions(json_path, meta.get("stuff_dataset_id_to_contiguous_id", None))
-    records = DatasetCatalog.get(dataset_name)
-    gt_files = {d["file_name"]: d.get("sem_seg_file_name") for d in records}
-    by_base = {os.path.basename(d["file_name"]): d["file_name"] for d in records}
-    items = sorted(preds.items())
-    if limit > 0:
-        items = items[:limit]
-    ensure_writable_dir(output_dir, "--output folder")
-    written, failed = [], []
-    for file_name, pred in tqdm(items, desc="rendering", unit="image", disable=not progress):
-        image_path = file_name
-        if not os.path.isfile(image_path):
-            image_path = by_base.get(os.path.basename(file_name), file_name)
-        if not os.path.isfile(image_path):
-            failed.append((file_name, "image file is missing"))
-            continue
-        try:
-            with Image.open(image_path) as im:
-                image = np.asarray(im.convert("RGB"))
-        except Exception as e:
-            failed.append((file_name, f"unreadable image ({type(e).__name__}: {e})"))
-            continue
-        if image.shape[:2] != pred.shape:
-            failed.append(
-                (file_name, f"prediction {pred.shape} and image {image.shape[:2]} sizes differ")
-            )
-            continue
-        panels = [
-            _titled(image, os.path.basename(file_name)),
-            _titled(draw_sem_seg(image, pred, meta, min_area, alpha), "prediction"),
-        ]
-        gt_path = gt_files.get(image_path) or gt_files.get(file_name)
-        if gt_path and os.path.isfile(gt_path):
-            gt = read_sem_seg_label(gt_path)
-            if gt.shape == pred.shape:
-                panels.append(
-                    _titled(draw_sem_seg(image, gt, meta, min_area, alpha), "ground truth")
-                )
-        out = os.path.join(output_dir, os.path.splitext(os.path.basename(file_name))[0] + ".png")
-        with atomic_write(out) as f:
-            Image.fromarray(side_by_side(panels)).save(f, format="PNG")
-        written.append(out)
-    return written, failed

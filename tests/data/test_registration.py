@@ -8,6 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from clipdistill.data.datasets import common
 from clipdistill.data.datasets.register_voc import register_voc
 from clipdistill.data.toy import generate_toy_voc
+from clipdistill.utils.colors import deterministic_colors
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_builtin_names_do_not_collide_with_detectron2():
     m20, m21 = MetadataCatalog.get("voc20_sem_seg_val"), MetadataCatalog.get("voc21_sem_seg_val")
     assert len(m20.stuff_classes) == 20 and m20.ignore_label == 255
     assert m21.stuff_classes[0] == "background" and m21.stuff_classes[1:] == m20.stuff_classes
-    assert len(m20.stuff_colors) == 20 and m20.stuff_colors == common.deterministic_colors(20)
+    assert len(m20.stuff_colors) == 20 and m20.stuff_colors == deterministic_colors(20)
 
 
 def test_missing_dataset_folder_names_path_and_fix(tmp_path, temp_names):

@@ -18,7 +18,8 @@ from clipdistill.data.datasets.common import register_sem_seg
 from clipdistill.data.datasets.register_voc import register_voc
 from clipdistill.data.toy import generate_toy_voc
 from clipdistill.engine import SegmenterCheckpointer, Trainer
-from clipdistill.utils.visualize import draw_sem_seg, load_sem_seg_predictions
+from clipdistill.evaluation.visualize import load_sem_seg_predictions
+from clipdistill.utils.visualize import draw_sem_seg
 from common import tiny_cfg, write_image
 from deploy_helpers import load_tool
 

@@ -1,22 +1,21 @@
-"""Helpers shared by every ``register_*.py``: dataset root, class-name files, colours, loading.
+"""Helpers shared by every ``register_*.py``: dataset root, class-name files, loading.
 
 Registration never opens an image: loaders only list files (detectron2's rule), and they run
 lazily when ``DatasetCatalog.get(name)`` is called, which is where a missing folder is reported.
 """
 
-import colorsys
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ...utils.colors import deterministic_colors
 from ...utils.errors import DataError
 
 __all__ = [
     "datasets_root",
     "load_class_names",
     "load_class_ids",
-    "deterministic_colors",
     "list_sem_seg_files",
     "register_sem_seg",
     "training_class_names",
@@ -70,18 +69,6 @@ def load_class_ids(filename: str) -> List[int]:
     if len(set(ids)) != len(ids):
         raise ValueError(f"Duplicated ids in {path}")
     return ids
-
-
-def deterministic_colors(n: int) -> List[List[int]]:
-    """``n`` distinct RGB colours, the same on every run (golden-ratio hue walk)."""
-    colors = []
-    for i in range(n):
-        h = (i * 0.618033988749895) % 1.0
-        s = 0.55 + 0.45 * ((i * 7) % 5) / 4
-        v = 0.65 + 0.35 * ((i * 3) % 4) / 3
-        r, g, b = colorsys.hsv_to_rgb(h, s, v)
-        colors.append([int(round(r * 255)), int(round(g * 255)), int(round(b * 255))])
-    return colors
 
 
 def list_sem_seg_files(

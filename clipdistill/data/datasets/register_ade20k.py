@@ -17,9 +17,9 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 
+from ...utils.colors import deterministic_colors
 from .common import (
     datasets_root,
-    deterministic_colors,
     list_sem_seg_files,
     load_class_ids,
     load_class_names,
