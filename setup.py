@@ -10,7 +10,8 @@ setup(
         "clipdistill": [
             "data/datasets/class_names/*.txt",
             "data/datasets/class_names/*.tsv",
-            "modeling/teacher/model_configs/*.json",
+            "modeling/clip/model_configs/*.json",
+            "testbed/model_configs/*.json",
         ]
     },
     python_requires=">=3.9",

@@ -1,12 +1,12 @@
 """The testbed's own small CLIP: trained contrastively on the generated captioned world.
 
 The architecture is an open_clip ``CLIP`` described by a model config in
-``modeling/clip/model_configs/`` (registered with open_clip when ``clipdistill.modeling.clip`` is
-imported), so the trained weights load like any open_clip checkpoint:
+``testbed/model_configs/`` (registered with open_clip when ``clipdistill.testbed`` is imported, as
+``import clipdistill`` does), so the trained weights load like any open_clip checkpoint:
 ``MODEL.CLIPDISTILL.TEACHER.NAME CNN-8-testbed`` and
 ``MODEL.CLIPDISTILL.TEACHER.WEIGHTS weights/testbed_clip_cnn8.safetensors``. The tokenizer is
 open_clip's default BPE tokenizer (shipped inside open_clip). Two image towers are available
-(``testbed_towers.py``): ``CNN-8-testbed`` (the shipped one: a small BatchNorm CNN whose image
+(``towers.py``): ``CNN-8-testbed`` (the shipped one: a small BatchNorm CNN whose image
 embedding is the mean of per-location embeddings) and ``ViT-8-testbed`` (a ViT with a conv stem
 and average pooling).
 

@@ -6,9 +6,9 @@ on local rank 0 first (it may download), with errors that name the config keys a
 It returns the ``weights_identity`` of the weights too (``clipdistill.utils.fingerprint``: the one
 definition of what a weights setting *is*, used by every cache keyed by the weights).
 
-Importing this module registers clipdistill's extra open_clip architectures (``model_configs/``):
-the tiny ``ViT-T-16-toy`` used by the tests, and ``CNN-8-testbed`` / ``ViT-8-testbed``, the
-testbed's own small CLIPs (their image towers are registered with timm by ``testbed_towers``).
+Importing this module registers clipdistill's extra open_clip architecture (``model_configs/``):
+the tiny ``ViT-T-16-toy`` used by the tests. Other folders of model configs are added with
+``register_model_configs`` (the testbed's CLIPs: ``clipdistill.testbed``).
 """
 
 import logging
@@ -24,10 +24,10 @@ from torch import nn
 
 from ...utils.errors import ConfigError, ResourceError
 from ...utils.fingerprint import RANDOM_INIT_SEED, weights_identity
-from . import testbed_towers  # noqa: F401  (registers the testbed CLIPs' image towers with timm)
 
 __all__ = [
     "load_open_clip",
+    "register_model_configs",
     "MODEL_CONFIG_DIR",
     "TOY_MODEL_NAME",
     "clip_mean_std",
@@ -62,14 +62,14 @@ def clip_pixel_stats(visual: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def _register_model_configs() -> None:
-    """Register ``model_configs/`` with open_clip (idempotent)."""
+def register_model_configs(folder: Path) -> None:
+    """Register the open_clip model configs (``*.json``) of ``folder`` (idempotent)."""
     known = set(open_clip.list_models())
-    if any(p.stem not in known for p in MODEL_CONFIG_DIR.glob("*.json")):
-        open_clip.add_model_config(MODEL_CONFIG_DIR)
+    if any(p.stem not in known for p in Path(folder).glob("*.json")):
+        open_clip.add_model_config(folder)
 
 
-_register_model_configs()
+register_model_configs(MODEL_CONFIG_DIR)
 
 
 # ------------------------------------------------------------------------------------ loading

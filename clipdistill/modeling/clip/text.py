@@ -13,7 +13,6 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGE
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ...data.synthetic.world import caption_of
 from ...utils.errors import ConfigError
 from ...utils.fingerprint import digest
 from ...utils.io import atomic_path
@@ -21,6 +20,7 @@ from ...utils.io import atomic_path
 __all__ = [
     "PROMPT_TEMPLATES",
     "VILD_TEMPLATES",
+    "register_prompt_templates",
     "TextEncoder",
     "check_class_names",
     "template_strings",
@@ -33,14 +33,6 @@ Template = Union[str, Callable[[str], str]]
 
 def _single_template(name: str) -> str:
     return f"a photo of a {name}."
-
-
-def _caption_template(name: str) -> str:
-    """The testbed world's caption of an image showing only ``name`` ("a red star.",
-    "an empty background."); ``"a|an {}."`` for the placeholder (the cache key)."""
-    if name == "{}":
-        return "a|an {}."
-    return caption_of([name])
 
 
 #: The 14 prompt templates of ViLD (Gu et al., 2022), used by SAN and OVSeg.
@@ -69,9 +61,15 @@ PROMPT_TEMPLATES: Dict[str, Tuple[Template, ...]] = {
     "vild": VILD_TEMPLATES,  # ViLD's 14 (SAN, OVSeg)
     # CLIP-as-RNN's mask classifier: "a clean origami {}." and ViLD's 14
     "car": ("a clean origami {}.",) + VILD_TEMPLATES,
-    # the caption grammar of the generated testbed world, the testbed CLIP's training language
-    "caption": (_caption_template,),
+    # "caption", the testbed world's caption grammar, is added by clipdistill.testbed
 }
+
+
+def register_prompt_templates(name: str, templates: Sequence[Template]) -> None:
+    """Add the template set ``name`` to ``PROMPT_TEMPLATES`` (replacing one of that name)."""
+    if not templates:
+        raise ValueError(f"prompt template set {name!r} is empty")
+    PROMPT_TEMPLATES[name] = tuple(templates)
 
 
 def template_strings(templates: Sequence[Template]) -> List[str]:

@@ -10,7 +10,7 @@ from open_clip.transformer import VisionTransformer
 from safetensors.torch import save_file
 
 from clipdistill.modeling.clip import vit as vit_helpers
-from clipdistill.modeling.clip.testbed_towers import ConvStem
+from clipdistill.testbed.towers import ConvStem
 from clipdistill.modeling.clip.dense import dense_features
 from clipdistill.modeling.clip.text import PROMPT_TEMPLATES
 from clipdistill.modeling.teacher import CLIPTeacher
