@@ -24,7 +24,7 @@ import torch
 from detectron2.utils.logger import setup_logger
 
 from clipdistill.benchmark import format_table, run_benchmark, vocabulary_sweep
-from clipdistill.engine.setup import get_clipdistill_cfg
+from clipdistill.config import get_clipdistill_cfg
 from clipdistill.utils.cli import add_debug_argument, parse_args_allowing_late_options, run_tool
 from clipdistill.utils.io import atomic_save_json, ensure_writable_dir
 

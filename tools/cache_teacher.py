@@ -23,8 +23,8 @@ from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from clipdistill.engine.setup import get_clipdistill_cfg
-from clipdistill.engine.validate import check_datasets_registered
+from clipdistill.config import get_clipdistill_cfg
+from clipdistill.config import check_datasets_registered
 from clipdistill.data.teacher_cache import TeacherCache, cache_key, dataset_cache_dir
 from clipdistill.engine.teacher_cache import build_teacher_cache
 from clipdistill.utils.cli import add_debug_argument, launch_tool, parse_args_allowing_late_options

@@ -18,7 +18,7 @@ from detectron2.utils.logger import setup_logger
 
 from clipdistill.engine import SegmenterCheckpointer, Trainer
 from clipdistill.engine.pseudo_labels import make_pseudo_labels
-from clipdistill.engine.setup import get_clipdistill_cfg
+from clipdistill.config import get_clipdistill_cfg
 
 
 def main(args):

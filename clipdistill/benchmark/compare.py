@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..engine.setup import get_clipdistill_cfg
+from ..config import get_clipdistill_cfg
 from ..utils.errors import ConfigError, DataError
 from ..utils.io import atomic_write, ensure_writable_dir
 from .core import FLOP_CONVENTION, bench_inference, segmenter_target

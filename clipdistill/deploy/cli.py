@@ -119,6 +119,6 @@ def check_list_options(args, *names: str) -> None:
 
 def load_cfg(args):
     """The config of ``args.config_file`` + ``args.opts`` (errors name the file or the key)."""
-    from clipdistill.engine.setup import get_clipdistill_cfg
+    from clipdistill.config import get_clipdistill_cfg
 
     return get_clipdistill_cfg(args.config_file, args.opts)

@@ -1,8 +1,11 @@
+from .build import build_model, build_segmenter_teacher
 from .checkpoint import CheckpointMismatchError, SegmenterCheckpointer
-from .setup import setup
+from .defaults import setup
 from .trainer import Trainer, create_ddp_model
 
 __all__ = [
+    "build_model",
+    "build_segmenter_teacher",
     "CheckpointMismatchError",
     "SegmenterCheckpointer",
     "Trainer",

@@ -27,6 +27,7 @@ from ..data.stream import ResumableTrainLoader, build_resumable_loader
 from ..evaluation import build_sem_seg_evaluator
 from ..modeling.segmenter import OpenVocabSegmenter
 from ..utils.rng import get_rng_state, preserve_rng, set_rng_state
+from .build import build_model
 from .checkpoint import SegmenterCheckpointer
 from .prediction_cache import maybe_wrap_prediction_cache
 from .results import summarize_results, write_results
@@ -90,7 +91,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        model = super().build_model(cfg)
+        """``clipdistill.engine.build_model`` (a segmenter teacher too, when the config asks for
+        one), logged as ``DefaultTrainer.build_model`` logs it."""
+        model = build_model(cfg)
+        logger.info(f"Model:\n{model}")
         if not isinstance(model, OpenVocabSegmenter):
             raise TypeError(
                 f"MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} builds a "

@@ -10,7 +10,8 @@ through this class, never by probing attributes:
   cost, e.g. a text tower whose output is cached per vocabulary);
 * deployment: ``exportable`` (whether ``tools/export_model.py`` can trace it);
 * training: ``lr_factor(name)`` (per-parameter lr multiplier), ``find_unused_parameters`` (DDP),
-  ``no_weight_decay_names`` (parameters trained with ``SOLVER.WEIGHT_DECAY_EMBED``);
+  ``no_weight_decay_names`` (parameters trained with ``SOLVER.WEIGHT_DECAY_EMBED``),
+  ``wants_segmenter_teacher(cfg)`` (a frozen segmenter teacher built by the engine);
 * bounded-memory inference: ``coarse_sem_seg(inputs)`` (scores before the final upsampling);
 * checkpoints: ``convert_checkpoint(state_dict)`` (rename an official checkpoint's keys into this
   implementation's; called by the strict ``SegmenterCheckpointer``);
@@ -131,6 +132,13 @@ class OpenVocabSegmenter(nn.Module):
     def lr_factor(self, param_name: str) -> float:
         """Learning-rate multiplier of parameter ``param_name`` (default 1)."""
         return 1.0
+
+    @classmethod
+    def wants_segmenter_teacher(cls, cfg) -> bool:
+        """Whether ``cfg`` asks this architecture for a frozen segmenter teacher
+        (``MODEL.CLIPDISTILL.SEGMENTER_TEACHER``): ``clipdistill.engine.build_model`` then builds
+        it from its own config and checkpoint and passes it as ``seg_teacher``. Default False."""
+        return False
 
     @torch.no_grad()
     def dense_class_probs(self, images: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:

@@ -226,7 +226,7 @@ def run_table(
     Returns:
         ``{"teacher": metrics or None, "runs": {variant: {seed: metrics}}, "table": str}``.
     """
-    from ..engine.setup import get_clipdistill_cfg
+    from ..config import get_clipdistill_cfg
 
     parsed = [parse_variant(v) for v in variants]  # all errors before any run
     cfg = get_clipdistill_cfg(config_file, list(opts))

@@ -262,7 +262,7 @@ def test_predictor_and_demo_with_a_training_free_segmenter(tmp_path, images):
     """The predictor and the demo talk to any segmenter through the interface: MaskCLIP (SCLIP's
     method) with free class names, no checkpoint (training-free)."""
     cfg_file = os.path.join(REPO, "configs", "maskclip", "sclip_toyclip_voc20toy.yaml")
-    from clipdistill.engine.setup import get_clipdistill_cfg
+    from clipdistill.config import get_clipdistill_cfg
 
     cfg = get_clipdistill_cfg(cfg_file)
     predictor = SegPredictor(cfg, class_names=NAMES)

@@ -16,7 +16,7 @@ from clipdistill.data.datasets.register_voc import register_voc
 from clipdistill.data.toy import generate_toy_voc
 from clipdistill.engine import Trainer
 from clipdistill.engine.pseudo_labels import make_pseudo_labels
-from clipdistill.engine.setup import get_clipdistill_cfg
+from clipdistill.config import get_clipdistill_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
 

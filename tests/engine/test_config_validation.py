@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clipdistill.deploy.cli import config_keys
-from clipdistill.engine.setup import get_clipdistill_cfg
-from clipdistill.engine.validate import validate_config
+from clipdistill.config import get_clipdistill_cfg
+from clipdistill.config import validate_config
 from clipdistill.utils.errors import ConfigError, UserError
 from common import TOY_CONFIG, tiny_cfg
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common import CONFIGS
-from clipdistill.engine.setup import get_clipdistill_cfg
+from clipdistill.config import get_clipdistill_cfg
 from detectron2.modeling import build_model
 
 CAR_TOY = os.path.join(CONFIGS, "car", "car_toyclip_voc20toy.yaml")

@@ -32,8 +32,8 @@ from clipdistill.modeling.ovseg import (
     semantic_scores,
 )
 from clipdistill.modeling.ovseg.swin import shifted_window_mask
-from clipdistill.engine.setup import get_clipdistill_cfg
-from clipdistill.modeling.teacher import build_segmenter_teacher
+from clipdistill.config import get_clipdistill_cfg
+from clipdistill.engine import build_segmenter_teacher
 from common import CONFIGS, random_inputs, tiny_cfg
 
 DATA = os.path.join(os.path.dirname(__file__), "data")

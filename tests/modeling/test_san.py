@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.modeling import build_model
+from clipdistill.engine import build_model
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
@@ -18,7 +18,7 @@ from clipdistill.data.datasets.register_voc import register_voc
 from clipdistill.data.toy import generate_toy_voc
 from clipdistill.engine import Trainer
 from clipdistill.engine.checkpoint import CheckpointMismatchError, SegmenterCheckpointer
-from clipdistill.engine.setup import get_clipdistill_cfg
+from clipdistill.config import get_clipdistill_cfg
 from clipdistill.modeling.san import OTHER, augment_vocabulary
 from common import CONFIGS, random_inputs
 

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from detectron2.modeling import build_model
+from clipdistill.engine import build_model
 from detectron2.utils.events import EventStorage
 
 from clipdistill.engine import SegmenterCheckpointer, Trainer

@@ -19,7 +19,7 @@ from detectron2.modeling import build_model
 from clipdistill.data.datasets.register_voc import register_voc
 from clipdistill.data.toy import generate_toy_voc
 from clipdistill.engine import Trainer
-from clipdistill.engine.setup import get_clipdistill_cfg
+from clipdistill.config import get_clipdistill_cfg
 from clipdistill.modeling.clip import TOY_MODEL_NAME
 from clipdistill.modeling.clip.dense import dense_features
 from clipdistill.modeling.meta_arch import MaskCLIP

@@ -24,12 +24,7 @@ from ..heads import build_student_head
 from ..inference import fold_batch_norms, is_exporting
 from ..postprocess import CoarseSemSeg
 from ..segmenter import OpenVocabSegmenter, train_vocabulary_from_cfg
-from ..teacher import (
-    CLIPTeacher,
-    SegmenterTeacher,
-    build_segmenter_teacher,
-    ignore_frozen_missing_keys,
-)
+from ..teacher import CLIPTeacher, SegmenterTeacher, ignore_frozen_missing_keys
 
 __all__ = ["SegStudent"]
 
@@ -119,8 +114,8 @@ class SegStudent(OpenVocabSegmenter):
         if (seg_teacher is None) != (loss_weights.get("loss_seg_kd", 0) <= 0):
             raise ConfigError(
                 "MODEL.CLIPDISTILL.LOSS.SEG_KD_WEIGHT > 0 needs a segmenter teacher "
-                "(MODEL.CLIPDISTILL.SEGMENTER_TEACHER.CONFIG_FILE), and a segmenter teacher is "
-                "only used with SEG_KD_WEIGHT > 0"
+                "(MODEL.CLIPDISTILL.SEGMENTER_TEACHER.CONFIG_FILE; clipdistill.engine.build_model "
+                "builds it), and a segmenter teacher is only used with SEG_KD_WEIGHT > 0"
             )
         self.seg_teacher = seg_teacher
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -178,8 +173,12 @@ class SegStudent(OpenVocabSegmenter):
             "channels_last": cfg.MODEL.CLIPDISTILL.CHANNELS_LAST,
             "fold_bn": cfg.MODEL.CLIPDISTILL.FOLD_BN,
             "backbone_multiplier": cfg.SOLVER.BACKBONE_MULTIPLIER,
-            "seg_teacher": build_segmenter_teacher(cfg) if lc.SEG_KD_WEIGHT > 0 else None,
         }
+
+    @classmethod
+    def wants_segmenter_teacher(cls, cfg) -> bool:
+        """``loss_seg_kd`` is on (``MODEL.CLIPDISTILL.LOSS.SEG_KD_WEIGHT > 0``)."""
+        return cfg.MODEL.CLIPDISTILL.LOSS.SEG_KD_WEIGHT > 0
 
     @property
     def device(self) -> torch.device:

@@ -2,7 +2,7 @@
 
 from .clip_teacher import CLIPTeacher, build_clip_teacher
 from .frozen import FrozenAuxiliary, ignore_frozen_missing_keys
-from .segmenter_teacher import SegmenterTeacher, build_segmenter_teacher
+from .segmenter_teacher import SegmenterTeacher
 
 __all__ = [
     "CLIPTeacher",
@@ -10,5 +10,4 @@ __all__ = [
     "FrozenAuxiliary",
     "ignore_frozen_missing_keys",
     "SegmenterTeacher",
-    "build_segmenter_teacher",
 ]

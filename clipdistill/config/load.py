@@ -1,4 +1,8 @@
-"""Config set-up shared by every tool (train_net, demo, benchmark...)."""
+"""Loading a config: detectron2's defaults, every architecture's keys, a file, overrides, checks.
+
+The one way every tool (train_net, demo, benchmark...) and every nested config (a segmenter
+teacher's) is read: ``get_clipdistill_cfg(config_file, opts)``.
+"""
 
 import logging
 import os
@@ -6,16 +10,11 @@ import os
 import torch
 
 from detectron2.config import CfgNode, get_cfg
-from detectron2.engine import default_setup
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
-from ..config import add_clipdistill_config
 from ..utils.errors import ConfigError, ConfigKeyError
-from ..utils.io import ensure_writable_dir
 from .validate import validate_config
 
-__all__ = ["get_clipdistill_cfg", "setup"]
+__all__ = ["get_clipdistill_cfg"]
 
 
 def _yacs_message(e: Exception) -> str:
@@ -56,9 +55,11 @@ def _merge_list(cfg: CfgNode, opts) -> None:
 
 def get_clipdistill_cfg(config_file: str = "", opts=(), validate: bool = True) -> CfgNode:
     """detectron2 defaults + clipdistill keys + ``config_file`` + ``opts``, validated
-    (``clipdistill.engine.validate``). An unknown key, a value of the wrong type or a value that
+    (``clipdistill.config.validate``). An unknown key, a value of the wrong type or a value that
     cannot work is a ``ConfigError`` naming the key. ``MODEL.DEVICE: cuda`` falls back to ``cpu``
     without a GPU (logged)."""
+    from . import add_clipdistill_config
+
     cfg = get_cfg()
     add_clipdistill_config(cfg)
     if config_file:
@@ -69,20 +70,4 @@ def get_clipdistill_cfg(config_file: str = "", opts=(), validate: bool = True) -
         cfg.MODEL.DEVICE = "cpu"
     if validate:
         validate_config(cfg)
-    return cfg
-
-
-def setup(args) -> CfgNode:
-    """``default_argument_parser`` args -> frozen, validated cfg, with detectron2's
-    ``default_setup``. Training keys are checked too unless ``args.eval_only``; ``OUTPUT_DIR``
-    must be writable."""
-    cfg = get_clipdistill_cfg(args.config_file, args.opts, validate=False)
-    validate_config(
-        cfg, training=not getattr(args, "eval_only", False), world_size=comm.get_world_size()
-    )
-    cfg.freeze()
-    if comm.is_main_process():
-        ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
-    default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="clipdistill")
     return cfg

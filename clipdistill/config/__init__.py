@@ -1,6 +1,7 @@
-"""Configuration keys of clipdistill: one ``add_<arch>_config`` per architecture, all applied by
-``add_clipdistill_config`` (as detectron2 projects do, every architecture's keys exist in every
-config; ``MODEL.META_ARCHITECTURE`` picks the one that is read).
+"""Configuration of clipdistill: the keys (one ``add_<arch>_config`` per architecture, all applied
+by ``add_clipdistill_config``; as detectron2 projects do, every architecture's keys exist in every
+config and ``MODEL.META_ARCHITECTURE`` picks the one that is read), loading
+(``get_clipdistill_cfg``) and the up-front checks (``validate_config``).
 
 Every key is commented and read somewhere; ``tests/test_config.py`` checks that none is dead. Core
 detectron2 keys that the project reuses (``MODEL.SEM_SEG_HEAD.*``, ``INPUT.CROP``, ...) keep their
@@ -9,11 +10,14 @@ detectron2 meaning.
 
 from detectron2.config import CfgNode as CN
 
-from .modeling.car.config import add_car_config
-from .modeling.ovseg.config import add_ovseg_config
-from .modeling.san.config import add_san_config
+from ..modeling.car.config import add_car_config
+from ..modeling.ovseg.config import add_ovseg_config
+from ..modeling.san.config import add_san_config
 
 __all__ = [
+    "get_clipdistill_cfg",
+    "validate_config",
+    "check_datasets_registered",
     "add_clipdistill_config",
     "add_engine_config",
     "add_clip_teacher_config",
@@ -173,3 +177,7 @@ def add_maskclip_config(cfg: CN) -> None:
     # Pad each window to a multiple of the patch size (ClearCLIP) instead of letting the patch
     # convolution drop the remainder (MaskCLIP, SCLIP, NACLIP).
     cfg.MODEL.MASKCLIP.PAD_WINDOWS = False
+
+
+from .load import get_clipdistill_cfg  # noqa: E402  (after add_clipdistill_config: it uses it)
+from .validate import check_datasets_registered, validate_config  # noqa: E402
