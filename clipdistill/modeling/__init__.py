@@ -1,18 +1,21 @@
-"""Modeling: importing it registers the backbone, heads and meta-architectures."""
-from . import losses
+"""Modeling: one package per architecture (``segstudent``, ``maskclip``, ``san``, ``ovseg``,
+``car``: its meta-architecture, parts and config keys) on shared layers (``segmenter``: the
+interface; ``clip``: open_clip loading, text, dense features; ``teacher``: frozen teachers;
+``backbone``, ``criterion``, ``postprocess``). Importing it registers the backbones, heads and
+meta-architectures."""
 from .backbone import TimmBackbone, build_timm_backbone
-from .fusion import FusionNeck
-from .heads import ClosedSetHead, TextEmbeddingHead
-from .meta_arch import SAN, OVSeg, SegStudent
+from .car import CaR
+from .maskclip import MaskCLIP
+from .ovseg import OVSeg
+from .san import SAN
+from .segstudent import SegStudent
 from .teacher import CLIPTeacher
 
 __all__ = [
-    "losses",
     "TimmBackbone",
     "build_timm_backbone",
-    "FusionNeck",
-    "ClosedSetHead",
-    "TextEmbeddingHead",
+    "CaR",
+    "MaskCLIP",
     "OVSeg",
     "SAN",
     "SegStudent",

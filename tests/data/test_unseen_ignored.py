@@ -14,7 +14,7 @@ from clipdistill.data import SemSegDatasetMapper
 from clipdistill.data.datasets.register_testbed import register_testbed
 from clipdistill.data.synthetic import DEFAULT_WORLD
 from clipdistill.data.synthetic.writer import generate_testbed
-from clipdistill.modeling import losses
+from clipdistill.modeling.segstudent import losses
 from common import tiny_cfg
 
 IGNORE = 255

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn import functional as F
 
-from clipdistill.modeling import losses as L
+from clipdistill.modeling.segstudent import losses as L
 
 
 def test_info_nce_closed_form():

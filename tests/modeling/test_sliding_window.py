@@ -1,11 +1,11 @@
-"""Sliding-window inference (clipdistill/modeling/sliding_window.py) against a transcription of
-SCLIP's ``forward_slide`` (the same loop in ClearCLIP and NACLIP, after mmseg)."""
+"""Sliding-window inference (clipdistill/modeling/maskclip/sliding_window.py) against a
+transcription of SCLIP's ``forward_slide`` (the same loop in ClearCLIP and NACLIP, after mmseg)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from clipdistill.modeling.sliding_window import sliding_window_logits, window_boxes
+from clipdistill.modeling.maskclip.sliding_window import sliding_window_logits, window_boxes
 
 
 def _fn(crops):

@@ -1,6 +1,6 @@
-"""OVSeg's building blocks (the meta-architecture is ``clipdistill.modeling.meta_arch.OVSeg``):
-the Swin backbone, the MaskFormer proposal generator, the mask-prompted CLIP and the inference
-rules. Importing it registers the backbones ``build_ovseg_swin_backbone`` and (detectron2's)
+"""OVSeg: the meta-architecture ``OVSeg`` (``meta_arch.py``), its keys (``config``) and its
+building blocks: the Swin backbone, the MaskFormer proposal generator, the mask-prompted CLIP and
+the inference rules. Importing it registers the backbones ``build_ovseg_swin_backbone`` and (detectron2's)
 ``build_resnet_deeplab_backbone``."""
 
 from .clip_adapter import MaskPromptCLIP, crop_regions, mask_prompt_encode, patch_keep_mask
@@ -13,10 +13,12 @@ from .inference import (
     semantic_scores,
 )
 from .maskformer import BasePixelDecoder, OpenVocabPredictor, OVSegHead
+from .meta_arch import OVSeg
 from .resnet import check_deeplab_resnet_cfg
 from .swin import build_ovseg_swin_backbone, SwinBackbone
 
 __all__ = [
+    "OVSeg",
     "MaskPromptCLIP",
     "crop_regions",
     "mask_prompt_encode",

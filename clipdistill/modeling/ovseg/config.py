@@ -33,7 +33,7 @@ def add_ovseg_config(cfg: CN) -> None:
     cfg.MODEL.OVSEG.CLIP.MASK_PROMPT_FWD = False
     # Colour outside the region in a masked crop: "mean" (CLIP's mean colour) or "zero".
     cfg.MODEL.OVSEG.CLIP.MASK_FILL = "mean"
-    # ---- inference (clipdistill/modeling/meta_arch/ovseg.py) ----
+    # ---- inference (meta_arch.py) ----
     # Sigmoid threshold that binarises a proposal for its CLIP crop (and in the demo rule).
     cfg.MODEL.OVSEG.MASK_THR = 0.4
     # Classify the proposals with CLIP as well and ensemble p_mf^(1-w) * p_clip^w.

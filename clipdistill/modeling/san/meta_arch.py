@@ -28,10 +28,10 @@ from detectron2.utils.memory import retry_if_cuda_oom
 from ..clip.loader import clip_mean_std, load_open_clip
 from ..clip.text import PROMPT_TEMPLATES
 from ..criterion import HungarianMatcher, SetCriterion, masks_from_sem_seg
-from ..san.classifier import LearnableBgOvClassifier
-from ..san.recognition import CLIPFeatureExtractor, RecognitionHead
-from ..san.side_adapter import SideAdapterNetwork, parse_fusion_map
-from ..san.vocabulary import OTHER, augment_vocabulary
+from .classifier import LearnableBgOvClassifier
+from .recognition import CLIPFeatureExtractor, RecognitionHead
+from .side_adapter import SideAdapterNetwork, parse_fusion_map
+from .vocabulary import OTHER, augment_vocabulary
 from ..segmenter import OpenVocabSegmenter, dataset_vocabulary, train_vocabulary_from_cfg
 
 __all__ = ["SAN"]

@@ -21,8 +21,8 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
-from ..car.prompts import check_visual_prompts
-from ..car.recurrence import CaRSegmenter, CLIPHandle, paint_labels
+from .prompts import check_visual_prompts
+from .recurrence import CaRSegmenter, CLIPHandle, paint_labels
 from ..clip.loader import load_open_clip
 from ..clip.text import PROMPT_TEMPLATES, template_strings
 from ..segmenter import OpenVocabSegmenter, train_vocabulary_from_cfg

@@ -1,4 +1,4 @@
-"""The training-free ``MaskCLIP`` META_ARCH (clipdistill/modeling/meta_arch/training_free.py):
+"""The training-free ``MaskCLIP`` META_ARCH (clipdistill/modeling/maskclip/meta_arch.py):
 its inference protocol against transcriptions of SCLIP's / ClearCLIP's ``forward_slide`` and
 ``postprocess_result``, and a run through ``Trainer.test`` whose mIoU equals an independent
 computation from the written predictions."""
@@ -22,7 +22,7 @@ from clipdistill.engine import Trainer
 from clipdistill.config import get_clipdistill_cfg
 from clipdistill.modeling.clip import TOY_MODEL_NAME
 from clipdistill.modeling.clip.dense import dense_features
-from clipdistill.modeling.meta_arch import MaskCLIP
+from clipdistill.modeling.maskclip import MaskCLIP
 from clipdistill.modeling.segmenter import OpenVocabSegmenter
 from clipdistill.modeling.teacher import CLIPTeacher
 from common import CONFIGS

@@ -2,7 +2,7 @@
 
 Both take the student's CLIP-space feature map ``F`` (``[B, C, H', W']``, L2-normalised per
 location) and return per-class logits ``[B, K, H', W']`` at the same stride. Losses are computed by
-the meta-architecture (``clipdistill/modeling/losses.py``), since the cross-entropy is one of
+the meta-architecture (``losses.py``), since the cross-entropy is one of
 several distillation terms.
 """
 

@@ -19,7 +19,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from ..clip.dense import dense_features
 from ..inference import is_exporting
 from ..segmenter import OpenVocabSegmenter, train_vocabulary_from_cfg
-from ..sliding_window import sliding_window_logits
+from .sliding_window import sliding_window_logits
 from ..teacher import CLIPTeacher
 
 __all__ = ["MaskCLIP"]

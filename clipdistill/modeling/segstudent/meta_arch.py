@@ -18,9 +18,9 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
 from ...utils.errors import ConfigError
-from .. import losses as L
-from ..fusion import FusionNeck
-from ..heads import build_student_head
+from . import losses as L
+from .head import build_student_head
+from .neck import FusionNeck
 from ..inference import fold_batch_norms, is_exporting
 from ..postprocess import CoarseSemSeg
 from ..segmenter import OpenVocabSegmenter, train_vocabulary_from_cfg

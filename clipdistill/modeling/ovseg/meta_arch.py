@@ -32,16 +32,16 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 
 from ..criterion import HungarianMatcher, SetCriterion, masks_from_sem_seg
-from ..ovseg.clip_adapter import MaskPromptCLIP
-from ..ovseg.inference import (
+from .clip_adapter import MaskPromptCLIP
+from .inference import (
     clip_class_probs,
     demo_scores,
     ensemble_probs,
     mask_class_probs,
     semantic_scores,
 )
-from ..ovseg.maskformer import OVSegHead, legacy_head_keys
-from ..ovseg.resnet import check_deeplab_resnet_cfg
+from .maskformer import OVSegHead, legacy_head_keys
+from .resnet import check_deeplab_resnet_cfg
 from ..segmenter import OpenVocabSegmenter, train_vocabulary_from_cfg
 
 __all__ = ["OVSeg"]
