@@ -1,7 +1,7 @@
 """OVSeg: the meta-architecture ``OVSeg`` (``meta_arch.py``), its keys (``config``) and its
 building blocks: the Swin backbone, the MaskFormer proposal generator, the mask-prompted CLIP and
-the inference rules. Importing it registers the backbones ``build_ovseg_swin_backbone`` and (detectron2's)
-``build_resnet_deeplab_backbone``."""
+the inference rules. Importing it registers the backbones ``build_ovseg_swin_backbone`` and
+(detectron2's) ``build_resnet_deeplab_backbone``."""
 
 from .clip_adapter import MaskPromptCLIP, crop_regions, mask_prompt_encode, patch_keep_mask
 from .config import add_ovseg_config
