@@ -16,7 +16,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 #: the small config most tests build on: the VOC-layout toy set and a tiny random CLIP
 #: (configs/voc_toy.yaml, the embedded default, is the testbed with its trained CLIP)
-TOY_CONFIG = os.path.join(CONFIGS, "segstudent", "segstudent_effb0_toyclip_voc20toy_300.yaml")
+VOC20_TOY_CONFIG = os.path.join(
+    CONFIGS, "segstudent", "segstudent_effb0_toyclip_voc20toy_300.yaml"
+)
 
 # offline, tiny: timm's test_efficientnet (82k params) + the tiny random CLIP teacher
 TINY_OPTS = [
@@ -36,6 +38,13 @@ TINY_OPTS = [
     "single",
     "MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE",
     "64",
+    # MaskCLIP (configs/maskclip/* built offline by the config test): the tiny random CLIP
+    "MODEL.MASKCLIP.CLIP.NAME",
+    "ViT-T-16-toy",
+    "MODEL.MASKCLIP.CLIP.WEIGHTS",
+    "",
+    "MODEL.MASKCLIP.CLIP.TEMPLATES",
+    "single",
     # CaR (configs/car/* built offline by the config test): the tiny random CLIP in both roles
     "MODEL.CAR.PROPOSAL_CLIP.NAME",
     "ViT-T-16-toy",
@@ -63,9 +72,9 @@ TINY_OVSEG_OPTS = [
 
 # SAN configs made tiny and offline: the toy CLIP (2 blocks) split after block 1, no weights
 TINY_SAN_OPTS = [
-    "MODEL.SAN.CLIP_MODEL_NAME",
+    "MODEL.SAN.CLIP.NAME",
     "ViT-T-16-toy",
-    "MODEL.SAN.CLIP_PRETRAINED_NAME",
+    "MODEL.SAN.CLIP.WEIGHTS",
     "",
     "MODEL.SAN.FEATURE_LAST_LAYER_IDX",
     "1",
@@ -76,7 +85,7 @@ TINY_SAN_OPTS = [
 ]
 
 
-def tiny_cfg(*opts, config_file=TOY_CONFIG):
+def tiny_cfg(*opts, config_file=VOC20_TOY_CONFIG):
     """The VOC-layout toy config made tiny and offline, plus ``opts``."""
     return get_clipdistill_cfg(config_file, TINY_OPTS + list(opts))
 
@@ -119,7 +128,7 @@ def make_tiny_toy(root, prefix, num_train=4, num_val=2, size=32, seed=0):
     """Generate a tiny toy VOC set under ``root`` and register it as ``<prefix>_sem_seg_{train,
     val}``; returns ``(VOC2012 folder, train name, val name)``."""
     from clipdistill.data.datasets.register_voc import register_voc
-    from clipdistill.data.toy import generate_toy_voc
+    from clipdistill.data.voc20_toy import generate_toy_voc
 
     voc = os.path.join(str(root), "VOC2012")
     generate_toy_voc(voc, num_train, num_val, size, seed)

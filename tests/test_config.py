@@ -1,6 +1,8 @@
 """Configs: every YAML loads and builds; unknown keys fail; no declared key is dead."""
 
+import contextlib
 import glob
+import logging
 import os
 import re
 import tokenize
@@ -10,7 +12,7 @@ import pytest
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from clipdistill.config import add_clipdistill_config
+from clipdistill.config import add_clipdistill_config, get_clipdistill_cfg
 from clipdistill.modeling.segmenter import OpenVocabSegmenter
 from common import CONFIGS, REPO, TINY_OPTS, TINY_OVSEG_OPTS, TINY_SAN_OPTS, tiny_cfg
 
@@ -94,8 +96,9 @@ def _read_keys(sources):
 
 
 def test_no_dead_config_keys():
-    """Every key added by add_clipdistill_config is read somewhere in the package, by its full
-    dotted path (directly, or through a local alias of its parent node)."""
+    """Every key added by add_clipdistill_config is read somewhere in the package or in the
+    detectron2 builder it delegates to (DeepLab's ``build_lr_scheduler``), by its full dotted
+    path (directly, or through a local alias of its parent node)."""
     base = get_cfg()
     cfg = get_cfg()
     add_clipdistill_config(cfg)
@@ -114,6 +117,9 @@ def test_no_dead_config_keys():
         for path in glob.glob(os.path.join(REPO, "clipdistill", "**", "*.py"), recursive=True)
         if not path.endswith("config.py")
     ]
+    import detectron2.projects.deeplab.build_solver as deeplab_solver
+
+    sources.append(_code_without_strings(deeplab_solver.__file__))
     read = _read_keys(sources)
     dead = sorted(key for key in added if key not in read)
     assert not dead, f"declared but never read: {dead}"
@@ -148,3 +154,85 @@ def _code_without_strings_from_text(text):
 def test_tiny_opts_are_valid_keys():
     assert len(TINY_OPTS) % 2 == 0
     tiny_cfg()
+
+
+def test_which_clip_is_spelled_one_way():
+    """Every config node that names a CLIP holds NAME and WEIGHTS (clipdistill.modeling.clip.
+    config); no other spelling of a CLIP's model name or weights is declared."""
+    cfg = get_cfg()
+    add_clipdistill_config(cfg)
+    nodes = {
+        "MODEL.CLIPDISTILL.TEACHER": cfg.MODEL.CLIPDISTILL.TEACHER,
+        "MODEL.MASKCLIP.CLIP": cfg.MODEL.MASKCLIP.CLIP,
+        "MODEL.SAN.CLIP": cfg.MODEL.SAN.CLIP,
+        "MODEL.OVSEG.CLIP": cfg.MODEL.OVSEG.CLIP,
+        "MODEL.CAR.PROPOSAL_CLIP": cfg.MODEL.CAR.PROPOSAL_CLIP,
+        "MODEL.CAR.CLASSIFIER_CLIP": cfg.MODEL.CAR.CLASSIFIER_CLIP,
+    }
+    for key, node in nodes.items():
+        assert {"NAME", "WEIGHTS"} <= set(node), key
+
+    def flat(node, prefix=""):
+        for k, v in node.items():
+            yield f"{prefix}{k}"
+            if hasattr(v, "items"):
+                yield from flat(v, f"{prefix}{k}.")
+
+    odd = [k for k in flat(cfg) if re.search(r"CLIP_(MODEL_NAME|PRETRAINED|NAME|WEIGHTS)", k)]
+    assert not odd
+
+
+@contextlib.contextmanager
+def _warnings_of(name, caplog):
+    """Capture the records of logger ``name`` (detectron2's setup_logger may have stopped the
+    "clipdistill" logger from propagating to the root, where caplog listens)."""
+    logger = logging.getLogger(name)
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("WARNING", logger=name):
+            yield
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
+def test_renamed_keys_load_with_a_warning(tmp_path, caplog):
+    """SAN's published CLIP keys (and this project's earlier ones) still load, in a file, in its
+    _BASE_ and on the command line, converted to MODEL.SAN.CLIP.* with a warning naming both."""
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        f'_BASE_: "{CONFIGS}/san/san_toy.yaml"\n'
+        "MODEL:\n  SAN:\n    CLIP_TEMPLATE_SET: vild\n    CLIP_PRETRAINED_NAME: ''\n"
+    )
+    child = tmp_path / "child.yaml"  # the old spelling over a base that uses the new one
+    child.write_text('_BASE_: "base.yaml"\nMODEL:\n  SAN:\n    CLIP_MODEL_NAME: ViT-B-16\n')
+    with _warnings_of("clipdistill.config.compat", caplog):
+        cfg = tiny_cfg("MODEL.SAN.CLIP_TEMPLATE_SET", "simple", config_file=str(child))
+    assert cfg.MODEL.SAN.CLIP.NAME == "ViT-B-16"
+    assert cfg.MODEL.SAN.CLIP.WEIGHTS == ""
+    assert cfg.MODEL.SAN.CLIP.TEMPLATES == "simple"  # the command line wins
+    text = caplog.text
+    for old, new in (
+        ("MODEL.SAN.CLIP_MODEL_NAME", "MODEL.SAN.CLIP.NAME"),
+        ("MODEL.SAN.CLIP_PRETRAINED_NAME", "MODEL.SAN.CLIP.WEIGHTS"),
+        ("MODEL.SAN.CLIP_TEMPLATE_SET", "MODEL.SAN.CLIP.TEMPLATES"),
+    ):
+        assert f"{old} is now {new}" in text
+
+
+def test_maskclip_config_of_the_earlier_layout_keeps_its_clip(tmp_path, caplog):
+    """A MaskCLIP config that sets its CLIP under MODEL.CLIPDISTILL.TEACHER (the layout before
+    MODEL.MASKCLIP.CLIP existed) loads with that CLIP and a warning; a config that sets
+    MODEL.MASKCLIP.CLIP is left alone."""
+    old = tmp_path / "old.yaml"
+    old.write_text(
+        f'_BASE_: "{CONFIGS}/maskclip/Base-MaskCLIP.yaml"\n'
+        "MODEL:\n  CLIPDISTILL:\n    TEACHER:\n      NAME: ViT-T-16-toy\n      WEIGHTS: ''\n"
+        "      DENSE_METHOD: sclip\n"
+    )
+    with _warnings_of("clipdistill.config.compat", caplog):
+        cfg = get_clipdistill_cfg(str(old))
+    clip = cfg.MODEL.MASKCLIP.CLIP
+    assert (clip.NAME, clip.WEIGHTS, clip.DENSE_METHOD) == ("ViT-T-16-toy", "", "sclip")
+    assert "MODEL.MASKCLIP.CLIP" in caplog.text
+    new = get_clipdistill_cfg(str(old), ["MODEL.MASKCLIP.CLIP.DENSE_METHOD", "naclip"])
+    assert new.MODEL.MASKCLIP.CLIP.NAME == "ViT-B-16"  # its own CLIP, the teacher's ignored

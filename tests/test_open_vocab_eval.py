@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 
 from clipdistill.data.datasets.common import list_sem_seg_files, register_sem_seg
 from clipdistill.data.datasets.register_voc import register_voc
-from clipdistill.data.toy import generate_toy_voc
+from clipdistill.data.voc20_toy import generate_toy_voc
 from clipdistill.engine import Trainer
 from common import tiny_cfg
 

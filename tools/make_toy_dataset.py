@@ -19,7 +19,7 @@ from clipdistill.data.datasets.common import datasets_root
 from clipdistill.data.datasets.register_testbed import TESTBED_SUBDIR
 from clipdistill.data.datasets.register_voc import VOC_TOY_SUBDIR
 from clipdistill.data.synthetic.writer import generate_testbed
-from clipdistill.data.toy import generate_toy_voc
+from clipdistill.data.voc20_toy import generate_toy_voc
 from clipdistill.utils.cli import add_debug_argument, run_tool
 
 # dataset -> (generator, default root, default num_train, num_val, size)

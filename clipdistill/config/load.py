@@ -1,18 +1,25 @@
 """Loading a config: detectron2's defaults, every architecture's keys, a file, overrides, checks.
 
 The one way every tool (train_net, demo, benchmark...) and every nested config (a segmenter
-teacher's) is read: ``get_clipdistill_cfg(config_file, opts)``.
+teacher's) is read: ``get_clipdistill_cfg(config_file, opts)``. Files are read as detectron2's
+``merge_from_file`` reads them (``_BASE_`` inheritance, relative to the file), with keys renamed
+since they were written converted file by file (``compat``).
 """
 
 import logging
 import os
 
 import torch
+import yaml
 
 from detectron2.config import CfgNode, get_cfg
+from detectron2.utils.file_io import PathManager
 
 from ..utils.errors import ConfigError, ConfigKeyError
+from .compat import rename_keys, rename_opts, upgrade_maskclip_clip
 from .validate import validate_config
+
+_BASE_KEY = "_BASE_"
 
 __all__ = ["get_clipdistill_cfg"]
 
@@ -24,11 +31,60 @@ def _yacs_message(e: Exception) -> str:
     return msg
 
 
+def _read_yaml(path: str) -> dict:
+    """One YAML file as a mapping (Python tags allowed, as detectron2's ``merge_from_file``)."""
+    with PathManager.open(path, "r") as f:
+        text = f.read()
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError:
+        logging.getLogger(__name__).warning(f"{path}: loaded with yaml.unsafe_load (Python tags)")
+        tree = yaml.unsafe_load(text)
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise TypeError(f"the document is a {type(tree).__name__}, not a mapping of keys")
+    return tree
+
+
+def _update(tree: dict, base: dict) -> None:
+    """Merge ``tree`` into ``base`` in place: ``tree``'s values win, sub-mappings merge."""
+    for key, value in tree.items():
+        if isinstance(value, dict) and key in base:
+            if not isinstance(base[key], dict):
+                raise TypeError(f"cannot inherit key {key!r} from a _BASE_ file: not a mapping")
+            _update(value, base[key])
+        else:
+            base[key] = value
+
+
+def load_yaml_with_base(path: str) -> dict:
+    """A config file and its ``_BASE_`` files (one or a list; paths relative to the file that
+    names them, ``~`` expanded) as one mapping, each file's renamed keys converted before it is
+    merged over its base."""
+    tree = rename_keys(_read_yaml(path), path)
+    bases = tree.pop(_BASE_KEY, None)
+    if bases is None:
+        return tree
+    merged: dict = {}
+    for base in bases if isinstance(bases, list) else [bases]:
+        base = os.path.expanduser(base)
+        if not base.startswith(("/", "https://", "http://")):
+            base = os.path.join(os.path.dirname(path), base)
+        _update(load_yaml_with_base(base), merged)
+    _update(tree, merged)
+    return merged
+
+
 def _merge_file(cfg: CfgNode, config_file: str) -> None:
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Config file {config_file} does not exist")
     try:
-        cfg.merge_from_file(config_file)
+        loaded = type(cfg)(load_yaml_with_base(config_file))
+        if loaded.get("VERSION", cfg.VERSION) != cfg.VERSION:
+            cfg.merge_from_file(config_file)  # detectron2 upgrades configs of its old versions
+        else:
+            cfg.merge_from_other_cfg(loaded)
     except (AssertionError, KeyError) as e:  # yacs reports unknown keys with assert
         raise ConfigKeyError(f"{config_file}: {_yacs_message(e)}") from e
     except OSError as e:  # a missing _BASE_ file, an unreadable file
@@ -38,7 +94,7 @@ def _merge_file(cfg: CfgNode, config_file: str) -> None:
 
 
 def _merge_list(cfg: CfgNode, opts) -> None:
-    opts = list(opts)
+    opts = rename_opts(opts)
     if len(opts) % 2:
         raise ConfigError(
             f"config overrides must be KEY VALUE pairs; the last one, {opts[-1]!r}, has no value "
@@ -62,9 +118,11 @@ def get_clipdistill_cfg(config_file: str = "", opts=(), validate: bool = True) -
 
     cfg = get_cfg()
     add_clipdistill_config(cfg)
+    defaults = cfg.clone()
     if config_file:
         _merge_file(cfg, config_file)
     _merge_list(cfg, opts)
+    upgrade_maskclip_clip(cfg, defaults)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).warning("No CUDA device: MODEL.DEVICE cuda -> cpu")
         cfg.MODEL.DEVICE = "cpu"

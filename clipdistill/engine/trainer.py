@@ -17,7 +17,7 @@ from detectron2.data import (
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, TrainerBase
 from detectron2.engine import hooks
-from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR
+from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -202,18 +202,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
-        """detectron2's schedules, plus DeepLab's ``WarmupPolyLR``."""
-        if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR":
-            return WarmupPolyLR(
-                optimizer,
-                cfg.SOLVER.MAX_ITER,
-                warmup_factor=cfg.SOLVER.WARMUP_FACTOR,
-                warmup_iters=cfg.SOLVER.WARMUP_ITERS,
-                warmup_method=cfg.SOLVER.WARMUP_METHOD,
-                power=cfg.SOLVER.POLY_LR_POWER,
-                constant_ending=cfg.SOLVER.POLY_LR_CONSTANT_ENDING,
-            )
-        return super().build_lr_scheduler(cfg, optimizer)
+        """detectron2's schedules, plus ``WarmupPolyLR`` (detectron2's DeepLab project builder,
+        which ``clipdistill.config.validate_config`` checks the config against)."""
+        return build_lr_scheduler(cfg, optimizer)
 
     @classmethod
     def build_optimizer(cls, cfg, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -12,6 +12,7 @@ through this class, never by probing attributes:
 * training: ``lr_factor(name)`` (per-parameter lr multiplier), ``find_unused_parameters`` (DDP),
   ``no_weight_decay_names`` (parameters trained with ``SOLVER.WEIGHT_DECAY_EMBED``),
   ``wants_segmenter_teacher(cfg)`` (a frozen segmenter teacher built by the engine);
+* configuration: ``config_problems(cfg, training)`` (its keys' values checked up front);
 * bounded-memory inference: ``coarse_sem_seg(inputs)`` (scores before the final upsampling);
 * checkpoints: ``convert_checkpoint(state_dict)`` (rename an official checkpoint's keys into this
   implementation's; called by the strict ``SegmenterCheckpointer``);
@@ -132,6 +133,14 @@ class OpenVocabSegmenter(nn.Module):
     def lr_factor(self, param_name: str) -> float:
         """Learning-rate multiplier of parameter ``param_name`` (default 1)."""
         return 1.0
+
+    @classmethod
+    def config_problems(cls, cfg, training: bool) -> List[str]:
+        """The problems of this architecture's own config keys that its constructors do not
+        check, each ``"KEY=VALUE: what works"`` (``clipdistill.config.validate_config`` reports
+        them before anything is built; ``training``: the keys read only by training too).
+        Default: none."""
+        return []
 
     @classmethod
     def wants_segmenter_teacher(cls, cfg) -> bool:

@@ -34,6 +34,7 @@ __all__ = [
     "aggregate",
     "format_table",
     "TEACHER_OVERRIDES",
+    "teacher_overrides",
     "run_table",
 ]
 
@@ -49,9 +50,12 @@ LOSSES = {
 #: config key of the teacher's dense-feature method, for variants "ce+dense@<method>"
 DENSE_METHOD_KEY = "MODEL.CLIPDISTILL.TEACHER.DENSE_METHOD"
 METRICS = ZERO_SHOT_METRICS + ("mIoU",)
-#: a student config made into its teacher's own zero-shot segmenter: the same CLIP and dense
-#: method (MODEL.CLIPDISTILL.TEACHER.*), scored on the whole image
+#: a student config made into its teacher's own zero-shot segmenter, scored on the whole image
+#: (``teacher_overrides`` adds the same CLIP and dense method)
 TEACHER_OVERRIDES = ("MODEL.META_ARCHITECTURE", "MaskCLIP", "MODEL.MASKCLIP.SLIDE_WINDOW", "0")
+#: the keys of the student's teacher (MODEL.CLIPDISTILL.TEACHER) that MaskCLIP's CLIP
+#: (MODEL.MASKCLIP.CLIP) takes over for the teacher's row
+TEACHER_CLIP_KEYS = ("NAME", "WEIGHTS", "TEMPLATES", "DENSE_METHOD")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,17 @@ def variant_overrides(variant: Variant, cfg) -> List[str]:
         out += [f"MODEL.CLIPDISTILL.LOSS.{key}", str(weight)]
     if variant.dense_method:  # an unknown method fails in the run, naming the key
         out += [DENSE_METHOD_KEY, variant.dense_method]
+    return out
+
+
+def teacher_overrides(cfg) -> List[str]:
+    """Overrides that make the student config ``cfg`` its teacher's own zero-shot segmenter:
+    ``TEACHER_OVERRIDES`` on the same CLIP and dense method (``MODEL.CLIPDISTILL.TEACHER.*`` ->
+    ``MODEL.MASKCLIP.CLIP.*``)."""
+    t = cfg.MODEL.CLIPDISTILL.TEACHER
+    out = list(TEACHER_OVERRIDES)
+    for key in TEACHER_CLIP_KEYS:
+        out += [f"MODEL.MASKCLIP.CLIP.{key}", str(t[key])]
     return out
 
 
@@ -233,7 +248,7 @@ def run_table(
     teacher_metrics = None
     if teacher:
         out = os.path.join(output_dir, "teacher")
-        overrides = list(opts) + list(TEACHER_OVERRIDES)
+        overrides = list(opts) + teacher_overrides(cfg)
         teacher_metrics = run_student(config_file, out, overrides, 0, eval_only=True)
         logger.info(f"teacher: {teacher_metrics}")
     tasks = []

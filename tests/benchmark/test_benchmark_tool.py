@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from clipdistill.benchmark import INFERENCE_FIELDS, TRAINING_FIELDS
-from common import REPO, TINY_OPTS, TOY_CONFIG
+from common import REPO, TINY_OPTS, VOC20_TOY_CONFIG
 
 
 def _number(v):
@@ -21,7 +21,7 @@ def test_benchmark_command_writes_complete_json(tmp_path):
         sys.executable,
         "tools/benchmark.py",
         "--config-file",
-        TOY_CONFIG,
+        VOC20_TOY_CONFIG,
         "--device",
         "cpu",
         "--size",

@@ -13,8 +13,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from clipdistill.benchmark.compare import parse_entry
 from clipdistill.data.datasets.register_voc import register_voc
-from clipdistill.data.toy import generate_toy_voc
-from common import CONFIGS, REPO, TINY_OPTS, TOY_CONFIG
+from clipdistill.data.voc20_toy import generate_toy_voc
+from common import CONFIGS, REPO, TINY_OPTS, VOC20_TOY_CONFIG
 
 VAL = "tmpcompare_sem_seg_val"
 
@@ -66,7 +66,7 @@ def test_student_and_maskclip_in_one_table_and_plot(compare_tool, toy_val, tmp_p
         "--output-dir",
         str(out),
         "--entry",
-        f"student={TOY_CONFIG} OUTPUT_DIR {tmp_path / 'student'}",
+        f"student={VOC20_TOY_CONFIG} OUTPUT_DIR {tmp_path / 'student'}",
         "--entry",
         f"sclip={CONFIGS}/maskclip/sclip_toyclip_voc20toy.yaml OUTPUT_DIR {tmp_path / 'mc'}",
         "--size",

@@ -7,7 +7,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from clipdistill.data.datasets import common
 from clipdistill.data.datasets.register_voc import register_voc
-from clipdistill.data.toy import generate_toy_voc
+from clipdistill.data.voc20_toy import generate_toy_voc
 from clipdistill.utils.colors import deterministic_colors
 
 

@@ -3,7 +3,8 @@ name, tests/conftest.py exists too)."""
 
 import logging
 
-from common import REPO, TOY_CONFIG, load_tool  # noqa: F401  (re-exported for the deployment tests)
+# re-exported for the deployment tests
+from common import REPO, VOC20_TOY_CONFIG, load_tool  # noqa: F401
 
 
 class ListHandler(logging.Handler):

@@ -15,7 +15,7 @@ from clipdistill.data import SemSegDatasetMapper
 from clipdistill.deploy import SegPredictor, check_class_names, parse_class_names
 from clipdistill.deploy.cli import split_config_overrides
 from common import REPO, tiny_cfg, write_image
-from deploy_helpers import TOY_CONFIG, load_tool
+from deploy_helpers import VOC20_TOY_CONFIG, load_tool
 
 demo = load_tool("demo")
 NAMES = ["cat", "dog", "potted plant"]
@@ -24,7 +24,7 @@ NAMES = ["cat", "dog", "potted plant"]
 def run_demo_cli(inputs, output, opts, *extra):
     argv = [
         "--config-file",
-        TOY_CONFIG,
+        VOC20_TOY_CONFIG,
         "--input",
         *inputs,
         "--output",
@@ -225,7 +225,7 @@ def test_demo_command_line(tmp_path, images, tiny_opts):
             sys.executable,
             "tools/demo.py",
             "--config-file",
-            TOY_CONFIG,
+            VOC20_TOY_CONFIG,
             "--input",
             images["b"],
             missing,

@@ -14,7 +14,7 @@ from clipdistill.deploy.predictor import read_image_rgb, to_rgb_uint8
 from clipdistill.utils import visualize as V
 from common import fresh_loggers  # noqa: F401  (autouse fixture)
 from common import file_size_limit
-from deploy_helpers import TOY_CONFIG, ListHandler, load_tool
+from deploy_helpers import VOC20_TOY_CONFIG, ListHandler, load_tool
 
 demo = load_tool("demo")
 
@@ -39,7 +39,7 @@ def test_16_bit_images_are_scaled_not_clamped(tmp_path):
 def test_demo_on_a_16_bit_png(tmp_path, tiny_opts):
     Image.fromarray(np.full((40, 50), 20000, np.uint16)).save(tmp_path / "dark16.png")
     out = tmp_path / "out"
-    argv = ["--config-file", TOY_CONFIG, "--input", str(tmp_path / "dark16.png")]
+    argv = ["--config-file", VOC20_TOY_CONFIG, "--input", str(tmp_path / "dark16.png")]
     argv += ["--output", str(out), "--no-progress", "--alpha", "0", *tiny_opts]
     assert demo.main(argv) == 0
     overlay = np.asarray(Image.open(out / "dark16_overlay.png"))
@@ -97,7 +97,8 @@ def test_full_disk_stops_with_one_line_lists_what_was_done(tmp_path, tiny_opts, 
     Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(small)
     Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(big)
     out = tmp_path / "out"
-    argv = ["--config-file", TOY_CONFIG, "--input", str(small), str(big), "--output", str(out)]
+    argv = ["--config-file", VOC20_TOY_CONFIG, "--input", str(small), str(big)]
+    argv += ["--output", str(out)]
     argv += ["--no-progress", "--save-scores", *tiny_opts]
     handler = ListHandler()
     logging.getLogger("clipdistill.demo").addHandler(handler)

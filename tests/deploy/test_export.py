@@ -10,7 +10,7 @@ import torch
 from clipdistill.deploy import SegPredictor
 from clipdistill.deploy import export as E
 from common import tiny_cfg
-from deploy_helpers import TOY_CONFIG, load_tool
+from deploy_helpers import VOC20_TOY_CONFIG, load_tool
 
 NAMES = ["cat", "dog", "potted plant", "sky"]
 SIZES = [(64, 80), (96, 128)]
@@ -66,7 +66,7 @@ def test_export_tool_writes_files_parity_and_timing(tmp_path, tiny_opts, capsys)
     rc = tool.main(
         [
             "--config-file",
-            TOY_CONFIG,
+            VOC20_TOY_CONFIG,
             "--output",
             str(out),
             "--class-names",
@@ -105,7 +105,7 @@ def test_export_tool_rejects_bad_vocabulary(tmp_path, tiny_opts, capsys):
     rc = tool.main(
         [
             "--config-file",
-            TOY_CONFIG,
+            VOC20_TOY_CONFIG,
             "--output",
             str(tmp_path),
             "--class-names",

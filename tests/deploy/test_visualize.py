@@ -16,7 +16,7 @@ from detectron2.modeling import build_model
 
 from clipdistill.data.datasets.common import register_sem_seg
 from clipdistill.data.datasets.register_voc import register_voc
-from clipdistill.data.toy import generate_toy_voc
+from clipdistill.data.voc20_toy import generate_toy_voc
 from clipdistill.engine import SegmenterCheckpointer, Trainer
 from clipdistill.evaluation.visualize import load_sem_seg_predictions
 from clipdistill.utils.visualize import draw_sem_seg

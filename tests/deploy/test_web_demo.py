@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from common import REPO
-from deploy_helpers import TOY_CONFIG
+from deploy_helpers import VOC20_TOY_CONFIG
 
 CHROMIUM = os.environ.get("CLIPDISTILL_CHROMIUM", "/usr/bin/chromium")
 BROWSER_ARGS = [
@@ -59,7 +59,7 @@ def server(tmp_path_factory, tiny_opts):
             sys.executable,
             "tools/web_demo.py",
             "--config-file",
-            TOY_CONFIG,
+            VOC20_TOY_CONFIG,
             "--port",
             str(port),
             "--class-names",

@@ -13,7 +13,7 @@ from torch import nn
 from common import CONFIGS
 from clipdistill.data.datasets.register_pseudo_labels import register_all_pseudo_labels
 from clipdistill.data.datasets.register_voc import register_voc
-from clipdistill.data.toy import generate_toy_voc
+from clipdistill.data.voc20_toy import generate_toy_voc
 from clipdistill.engine import Trainer
 from clipdistill.engine.pseudo_labels import make_pseudo_labels
 from clipdistill.config import get_clipdistill_cfg

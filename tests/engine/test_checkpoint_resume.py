@@ -19,10 +19,10 @@ from detectron2.modeling import build_model
 from clipdistill.engine import SegmenterCheckpointer, Trainer
 from clipdistill.engine.checkpoint import UnreadableCheckpointError
 from common import fresh_loggers  # noqa: F401  (autouse fixture)
-from common import REPO, TOY_CONFIG, file_size_limit, load_tool, make_tiny_toy, tiny_cfg
+from common import REPO, VOC20_TOY_CONFIG, file_size_limit, load_tool, make_tiny_toy, tiny_cfg
 from common import tiny_train_opts
 
-TOY_CFG = TOY_CONFIG
+TOY_CFG = VOC20_TOY_CONFIG
 train_net = load_tool("train_net")
 
 

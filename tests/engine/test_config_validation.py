@@ -9,9 +9,9 @@ from clipdistill.deploy.cli import config_keys
 from clipdistill.config import get_clipdistill_cfg
 from clipdistill.config import validate_config
 from clipdistill.utils.errors import ConfigError, UserError
-from common import TOY_CONFIG, tiny_cfg
+from common import VOC20_TOY_CONFIG, tiny_cfg
 
-TOY = TOY_CONFIG
+TOY = VOC20_TOY_CONFIG
 
 
 @pytest.mark.parametrize(
@@ -86,3 +86,44 @@ def test_any_override_gives_a_config_or_a_named_error(pairs):
         validate_config(cfg, training=True, world_size=1)
     except ConfigError as e:
         assert "=" in str(e)
+
+
+def test_a_student_trained_with_seg_kd_only_is_valid():
+    """loss_seg_kd counts as a loss: a student distilled from a segmenter teacher alone passes
+    the training checks; with every weight 0 the error names SEG_KD_WEIGHT too."""
+    zero = [
+        "MODEL.CLIPDISTILL.LOSS.CE_WEIGHT", "0.0",
+        "MODEL.CLIPDISTILL.LOSS.GLOBAL_WEIGHT", "0.0",
+        "MODEL.CLIPDISTILL.LOSS.LOCAL_WEIGHT", "0.0",
+        "MODEL.CLIPDISTILL.LOSS.DENSE_WEIGHT", "0.0",
+    ]  # fmt: skip
+    seg_kd_only = tiny_cfg(
+        *zero,
+        "MODEL.CLIPDISTILL.LOSS.SEG_KD_WEIGHT", "1.0",
+        "MODEL.CLIPDISTILL.SEGMENTER_TEACHER.CONFIG_FILE", TOY,
+    )  # fmt: skip
+    validate_config(seg_kd_only, training=True)
+    with pytest.raises(ConfigError, match=r"LOSS\.\*_WEIGHT=.*SEG_KD_WEIGHT"):
+        validate_config(tiny_cfg(*zero), training=True)
+    with pytest.raises(ConfigError, match=r"MODEL\.CLIPDISTILL\.LOSS\.SEG_KD_WEIGHT=-1"):
+        tiny_cfg("MODEL.CLIPDISTILL.LOSS.SEG_KD_WEIGHT", "-1.0")
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("INPUT.RANDOM_FLIP", "'diagonal'"),
+        ("INPUT.MIN_SIZE_TRAIN_SAMPLING", "'sometimes'"),
+        ("SOLVER.LR_SCHEDULER_NAME", "'WarmupCosineLR'"),  # with BASE_LR_END > BASE_LR below
+    ],
+)
+def test_detectron2_values_are_checked_by_detectron2(key, value):
+    """The values detectron2 decides are refused by detectron2's own objects, named by key."""
+    cfg = tiny_cfg(key, value, "SOLVER.BASE_LR_END", "1.0")
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + "="):
+        validate_config(cfg, training=True)
+
+
+def test_every_scheduler_the_trainer_builds_is_accepted():
+    for name in ("WarmupPolyLR", "WarmupMultiStepLR", "WarmupCosineLR"):
+        validate_config(tiny_cfg("SOLVER.LR_SCHEDULER_NAME", name), training=True)

@@ -17,7 +17,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
 from clipdistill.data.datasets.register_voc import register_voc
-from clipdistill.data.toy import generate_toy_voc
+from clipdistill.data.voc20_toy import generate_toy_voc
 from clipdistill.engine import Trainer
 from clipdistill.config import get_clipdistill_cfg
 from clipdistill.modeling.clip import TOY_MODEL_NAME
@@ -132,7 +132,7 @@ def _official_postprocess(seg_logits, logit_scale, prob_thd, area_thd):
 def test_protocol_matches_official_code(teachers, method, window, stride, pad, size):
     teacher = teachers[method]
     model = MaskCLIP(
-        teacher=teacher,
+        clip=teacher,
         train_vocabulary=NAMES,
         window=window,
         stride=stride,
@@ -170,22 +170,22 @@ def test_background_rules_match_sclip_postprocess():
 
 
 def test_interface_and_bad_settings(teachers):
-    model = MaskCLIP(teacher=teachers["sclip"], train_vocabulary=NAMES)
+    model = MaskCLIP(clip=teachers["sclip"], train_vocabulary=NAMES)
     assert isinstance(model, OpenVocabSegmenter) and not model.exportable
-    assert model.state_dict() == {}  # nothing to load: the CLIP weights come from the teacher keys
+    assert model.state_dict() == {}  # nothing to load: its CLIP comes from MODEL.MASKCLIP.CLIP
     per_image = [
         n
         for n, _ in model.named_parameters()
         if not any(n == s or n.startswith(s + ".") for s in model.inference_excluded_modules)
     ]
-    assert per_image and all(n.startswith("teacher.model.visual.") for n in per_image)
+    assert per_image and all(n.startswith("clip.model.visual.") for n in per_image)
     model.train()
     with pytest.raises(RuntimeError, match="training-free"):
         model([{"image": _image(32, 32)}])
     with pytest.raises(ValueError, match="PROB_THRESHOLD"):
-        MaskCLIP(teacher=teachers["sclip"], train_vocabulary=NAMES, prob_threshold=1.5)
+        MaskCLIP(clip=teachers["sclip"], train_vocabulary=NAMES, prob_threshold=1.5)
     with pytest.raises(ValueError, match="SLIDE_STRIDE"):
-        MaskCLIP(teacher=teachers["sclip"], train_vocabulary=NAMES, window=64, stride=0)
+        MaskCLIP(clip=teachers["sclip"], train_vocabulary=NAMES, window=64, stride=0)
 
 
 # ------------------------------------------------------------------ through Trainer.test

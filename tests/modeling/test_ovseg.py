@@ -17,7 +17,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
 from clipdistill.data.datasets.register_voc import register_voc
-from clipdistill.data.toy import generate_toy_voc
+from clipdistill.data.voc20_toy import generate_toy_voc
 from clipdistill.engine import SegmenterCheckpointer, Trainer
 from clipdistill.engine.checkpoint import CheckpointMismatchError
 from clipdistill.modeling.clip import loader

@@ -15,7 +15,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from clipdistill.data.datasets.register_voc import register_voc
-from clipdistill.data.toy import generate_toy_voc
+from clipdistill.data.voc20_toy import generate_toy_voc
 from clipdistill.engine import Trainer
 from clipdistill.engine.checkpoint import CheckpointMismatchError, SegmenterCheckpointer
 from clipdistill.config import get_clipdistill_cfg
@@ -80,8 +80,8 @@ def san_b16():
     """The published ViT-B/16 SAN architecture, random weights (QuickGELU as the OpenAI CLIP)."""
     cfg = get_clipdistill_cfg(
         os.path.join(SAN_DIR, "san_vit_b16_coco_stuff_60k.yaml"),
-        ["MODEL.DEVICE", "cpu", "MODEL.SAN.CLIP_MODEL_NAME", "ViT-B-16-quickgelu",
-         "MODEL.SAN.CLIP_PRETRAINED_NAME", ""],
+        ["MODEL.DEVICE", "cpu", "MODEL.SAN.CLIP.NAME", "ViT-B-16-quickgelu",
+         "MODEL.SAN.CLIP.WEIGHTS", ""],
     )  # fmt: skip
     return build_model(cfg)
 

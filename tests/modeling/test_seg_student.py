@@ -10,7 +10,7 @@ from detectron2.utils.events import EventStorage
 
 from clipdistill.engine import SegmenterCheckpointer, Trainer
 from clipdistill.engine.checkpoint import CheckpointMismatchError
-from common import TOY_CONFIG, random_inputs, tiny_cfg
+from common import VOC20_TOY_CONFIG, random_inputs, tiny_cfg
 
 SIZES = [(64, 80), (64, 79)]  # odd width: padding and cropping back must work
 
@@ -173,7 +173,7 @@ def test_segmenter_teacher_distillation(cfg, tmp_path):
     c = cfg.clone()
     c.defrost()
     c.MODEL.CLIPDISTILL.LOSS.SEG_KD_WEIGHT = 0.5
-    c.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.CONFIG_FILE = TOY_CONFIG
+    c.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.CONFIG_FILE = VOC20_TOY_CONFIG
     c.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.OPTS = list(TINY_OPTS)
     c.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.WEIGHTS = str(tmp_path / "teacher.pth")
     model = build_model(c).train()

@@ -12,6 +12,7 @@ from clipdistill.testbed.loss_table import (
     format_table,
     parse_variant,
     read_metrics,
+    teacher_overrides,
     transfer_notes,
     variant_overrides,
 )
@@ -72,3 +73,20 @@ def test_aggregate_and_table(tmp_path):
     torch.save(dict(runs[0], fwIoU=1.0), tmp_path / "inference" / "sem_seg_evaluation.pth")
     assert read_metrics(str(tmp_path)) == runs[0]
     assert read_metrics(str(tmp_path / "none")) is None
+
+
+def test_teacher_row_scores_the_students_teacher_clip():
+    """The teacher's row is MaskCLIP on the student's teacher CLIP (MODEL.CLIPDISTILL.TEACHER ->
+    MODEL.MASKCLIP.CLIP), whole image."""
+    from common import TINY_OPTS, VOC20_TOY_CONFIG
+    from clipdistill.config import get_clipdistill_cfg
+
+    cfg = tiny_cfg("MODEL.CLIPDISTILL.TEACHER.DENSE_METHOD", "sclip")
+    opts = teacher_overrides(cfg)
+    student = TINY_OPTS + ["MODEL.CLIPDISTILL.TEACHER.DENSE_METHOD", "sclip"]
+    teacher = get_clipdistill_cfg(VOC20_TOY_CONFIG, student + opts)
+    assert teacher.MODEL.META_ARCHITECTURE == "MaskCLIP"
+    assert teacher.MODEL.MASKCLIP.SLIDE_WINDOW == 0
+    t, c = cfg.MODEL.CLIPDISTILL.TEACHER, teacher.MODEL.MASKCLIP.CLIP
+    assert (c.NAME, c.WEIGHTS, c.TEMPLATES) == (t.NAME, t.WEIGHTS, t.TEMPLATES)
+    assert c.DENSE_METHOD == "sclip"

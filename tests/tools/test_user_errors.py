@@ -16,10 +16,11 @@ from detectron2.modeling import build_model
 
 from clipdistill.data.datasets.register_voc import register_voc
 from clipdistill.data.prepare import voc as prepare_voc
-from common import CONFIGS, TINY_OPTS, TOY_CONFIG, fresh_loggers  # noqa: F401  (autouse fixture)
+# fresh_loggers: an autouse fixture
+from common import CONFIGS, TINY_OPTS, VOC20_TOY_CONFIG, fresh_loggers  # noqa: F401
 from common import load_tool, make_tiny_toy, tiny_cfg, tiny_train_opts
 
-TOY_CFG = TOY_CONFIG
+TOY_CFG = VOC20_TOY_CONFIG
 train_net = load_tool("train_net")
 cache_teacher = load_tool("cache_teacher")
 demo = load_tool("demo")

@@ -2,15 +2,25 @@
 
 from detectron2.config import CfgNode as CN
 
+from ..clip.config import add_clip_keys
+
 __all__ = ["add_maskclip_config"]
 
 
 def add_maskclip_config(cfg: CN) -> None:
-    """The training-free ``MaskCLIP`` segmenters (``meta_arch.py`` beside this file):
-    the CLIP model and dense method are ``MODEL.CLIPDISTILL.TEACHER.*``; these keys are the
-    inference protocol. Defaults: SCLIP's and NACLIP's code (configs/maskclip/ sets each paper's).
-    """
+    """The training-free ``MaskCLIP`` segmenters (``meta_arch.py`` beside this file): the CLIP
+    and its dense method (``MODEL.MASKCLIP.CLIP``) and the inference protocol. Defaults: SCLIP's
+    and NACLIP's code (configs/maskclip/ sets each paper's)."""
     cfg.MODEL.MASKCLIP = CN()
+    cfg.MODEL.MASKCLIP.CLIP = CN()
+    # NAME, WEIGHTS, TEMPLATES: which CLIP, as everywhere (clipdistill/modeling/clip/config.py)
+    add_clip_keys(cfg.MODEL.MASKCLIP.CLIP, name="ViT-B-16", weights="openai", templates="openai")
+    # How dense features are computed (clipdistill/modeling/clip/dense.py): "value_only" (last
+    # block's value path, no residual, no MLP), "maskclip" (MaskCLIP's official form, residual
+    # and MLP kept), "sclip", "clearclip", "naclip", or "tokens" (the tower's own patch tokens,
+    # the last block unchanged: the dense features of towers whose image embedding is the mean
+    # of per-location embeddings, such as the testbed CLIPs; docs/TESTBED.md).
+    cfg.MODEL.MASKCLIP.CLIP.DENSE_METHOD = "value_only"
     # Sliding-window side in pixels on the test-resized image (INPUT.MIN_SIZE_TEST); 0: one pass
     # over the whole image.
     cfg.MODEL.MASKCLIP.SLIDE_WINDOW = 224

@@ -1,11 +1,13 @@
-"""Training-free CLIP segmenters: the frozen CLIP teacher applied densely to the image.
+"""Training-free CLIP segmenters: a frozen CLIP applied densely to the image.
 
-``MaskCLIP`` is one META_ARCH for MaskCLIP and its successors: the dense method
-(``MODEL.CLIPDISTILL.TEACHER.DENSE_METHOD``: ``maskclip``, ``value_only``, ``sclip``, ``clearclip``,
-``naclip``) picks the paper, ``MODEL.MASKCLIP.*`` the inference protocol (sliding windows, logit
-scale, background handling) of that paper's code; ``configs/maskclip/`` holds one config per
-method and benchmark where those codes' settings differ. It is the CLIP teacher's own zero-shot
-accuracy, the ceiling a distilled student is read against.
+``MaskCLIP`` is one META_ARCH for MaskCLIP and its successors: the CLIP is
+``MODEL.MASKCLIP.CLIP`` (``NAME``, ``WEIGHTS``, ``TEMPLATES``), its dense method
+(``MODEL.MASKCLIP.CLIP.DENSE_METHOD``: ``maskclip``, ``value_only``, ``sclip``, ``clearclip``,
+``naclip``, ``tokens``) picks the paper, the rest of ``MODEL.MASKCLIP.*`` the inference protocol
+(sliding windows, logit scale, background handling) of that paper's code; ``configs/maskclip/``
+holds one config per method and benchmark where those codes' settings differ. On a student's
+teacher CLIP it is that teacher's own zero-shot accuracy, the ceiling a distilled student is read
+against.
 """
 
 import logging
@@ -33,7 +35,7 @@ class MaskCLIP(OpenVocabSegmenter):
 
     Per image (``"image"``: uint8 ``[3, H, W]`` RGB, already resized by the test mapper to
     ``INPUT.MIN_SIZE_TEST``): normalise with CLIP's mean/std; for every sliding window (or the
-    whole image), dense features (``dense_features`` with the teacher's ``DENSE_METHOD``),
+    whole image), dense features (``dense_features`` with ``MODEL.MASKCLIP.CLIP.DENSE_METHOD``),
     L2-normalised, cosine similarity with the prompt-ensembled text embeddings, bilinearly
     upsampled to the window; overlapping windows averaged; upsampled to the input's original
     ``height x width``; ``softmax(logit_scale * cos)`` over the classes; then the optional
@@ -45,14 +47,11 @@ class MaskCLIP(OpenVocabSegmenter):
     sent to the background by ``prob_threshold`` gets score 1 for class 0).
     """
 
-    #: per image, only the image tower runs: the text tower's output is cached per vocabulary
-    inference_excluded_modules = ()
-
     @configurable
     def __init__(
         self,
         *,
-        teacher: CLIPTeacher,
+        clip: CLIPTeacher,
         train_vocabulary: List[str],
         window: int = 224,
         stride: int = 112,
@@ -63,7 +62,7 @@ class MaskCLIP(OpenVocabSegmenter):
     ):
         """
         Args:
-            teacher: the frozen CLIP (its ``dense_method`` is the paper's method).
+            clip: the frozen CLIP (its ``dense_method`` is the paper's method).
             train_vocabulary: vocabulary for inputs without a ``dataset_name`` (may be empty).
             window: sliding-window side in pixels; 0 runs on the whole image.
             stride: step between windows in pixels.
@@ -88,23 +87,33 @@ class MaskCLIP(OpenVocabSegmenter):
                 f"MODEL.MASKCLIP.SLIDE_WINDOW={window} / SLIDE_STRIDE={stride}: the window must be "
                 ">= 0 (0: whole image) and the stride > 0"
             )
-        self.teacher = teacher
+        self.clip = clip
         self.window, self.stride = int(window), int(stride)
         self.logit_scale = float(logit_scale)
         self.prob_threshold = float(prob_threshold)
         self.area_threshold = float(area_threshold)
         self.pad_windows = bool(pad_windows)
-        # the text side of the CLIP model is not per-image cost (TextEncoder caches its output)
-        model = teacher.model
+        # per image only the image tower runs: the text side of the CLIP model is not per-image
+        # cost (TextEncoder caches its output per vocabulary)
+        model = clip.model
         self.inference_excluded_modules = tuple(
-            f"teacher.model.{n}" for n, _ in model.named_children() if n != "visual"
-        ) + tuple(f"teacher.model.{n}" for n, _ in model.named_parameters(recurse=False))
+            f"clip.model.{n}" for n, _ in model.named_children() if n != "visual"
+        ) + tuple(f"clip.model.{n}" for n, _ in model.named_parameters(recurse=False))
 
     @classmethod
     def from_config(cls, cfg):
         m = cfg.MODEL.MASKCLIP
+        clip = CLIPTeacher(
+            model_name=m.CLIP.NAME,
+            weights=m.CLIP.WEIGHTS,
+            image_size=None,  # the tower's native size: only the dense path is used
+            dense_image_size=None,
+            templates=m.CLIP.TEMPLATES,
+            dense_method=m.CLIP.DENSE_METHOD,
+            config_key="MODEL.MASKCLIP.CLIP",
+        )
         return {
-            "teacher": CLIPTeacher(cfg),
+            "clip": clip,
             "train_vocabulary": train_vocabulary_from_cfg(cfg),
             "window": m.SLIDE_WINDOW,
             "stride": m.SLIDE_STRIDE,
@@ -116,10 +125,10 @@ class MaskCLIP(OpenVocabSegmenter):
 
     @property
     def dense_method(self) -> str:
-        return self.teacher.dense_method
+        return self.clip.dense_method
 
     def prepare_vocabulary(self, class_names: List[str]) -> None:
-        self.teacher.encode_text(class_names)  # computed (and cached) now
+        self.clip.encode_text(class_names)  # computed (and cached) now
 
     def scores_to_probs(self, sem_seg: torch.Tensor) -> torch.Tensor:
         """``sem_seg`` are probabilities already (renormalised where a threshold changed them)."""
@@ -138,10 +147,10 @@ class MaskCLIP(OpenVocabSegmenter):
             return [self._segment(x) for x in batched_inputs]
 
     def _segment(self, x: dict) -> dict:
-        text = self.teacher.encode_text(self.vocabulary_for(x))  # [K, C], cached per vocabulary
+        text = self.clip.encode_text(self.vocabulary_for(x))  # [K, C], cached per vocabulary
         image = x["image"].to(self.device, torch.float32)[None]
-        image = (image - self.teacher.pixel_mean) / self.teacher.pixel_std
-        image = image.to(next(self.teacher.model.visual.parameters()).dtype)
+        image = (image - self.clip.pixel_mean) / self.clip.pixel_std
+        image = image.to(next(self.clip.model.visual.parameters()).dtype)
         logits = sliding_window_logits(
             image, lambda crops: self._window_logits(crops, text), self.window, self.stride
         )
@@ -153,14 +162,14 @@ class MaskCLIP(OpenVocabSegmenter):
     def _window_logits(self, crops: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Cosine similarities ``[n, K, h, w]`` of windows ``[n, 3, h, w]`` with ``text``."""
         h, w = crops.shape[-2:]
-        patch = self.teacher.patch_size
+        patch = self.clip.patch_size
         top = left = 0
         if self.pad_windows and (h % patch or w % patch):
             ph, pw = -h % patch, -w % patch
             top, left = ph // 2, pw // 2
             crops = F.pad(crops, (left, pw - left, top, ph - top))
         feats = F.normalize(
-            dense_features(self.teacher.model.visual, crops, self.dense_method), dim=1
+            dense_features(self.clip.model.visual, crops, self.dense_method), dim=1
         )
         logits = torch.einsum("nchw,kc->nkhw", feats.float(), text)
         logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear", align_corners=False)

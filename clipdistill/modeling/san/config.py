@@ -1,11 +1,16 @@
 """Configuration keys of SAN (``add_san_config``).
 
 Names follow the published SAN code (``MODEL.SAN.*``, ``MODEL.SIDE_ADAPTER.*``) so its configs
-translate key for key; keys that selected between a single implementation (the side-adapter and
-fusion registries, the unused cross-attention recognition) are left out.
+translate key for key, except for which CLIP, spelled as everywhere in clipdistill
+(``MODEL.SAN.CLIP.NAME``, ``.WEIGHTS``, ``.TEMPLATES``; the published ``CLIP_MODEL_NAME``,
+``CLIP_PRETRAINED_NAME`` and ``CLIP_TEMPLATE_SET`` still load, converted with a warning:
+``clipdistill/config/compat.py``); keys that selected between a single implementation (the
+side-adapter and fusion registries, the unused cross-attention recognition) are left out.
 """
 
 from detectron2.config import CfgNode as CN
+
+from ..clip.config import add_clip_keys
 
 __all__ = ["add_san_config"]
 
@@ -27,16 +32,14 @@ def add_san_config(cfg: CN) -> None:
     cfg.MODEL.SAN.IMPORTANCE_SAMPLE_RATIO = 0.75  # share of points taken where most uncertain
 
     # ---- CLIP (open_clip) ----
-    # open_clip model name ("ViT-B-16", "ViT-L-14-336"; "/" is accepted for "-").
-    cfg.MODEL.SAN.CLIP_MODEL_NAME = "ViT-B-16"
-    # CLIP weights for training from scratch: an open_clip pretrained tag ("openai"), a local
-    # weights file, or "" (random init; tests and the toy config). Not loaded when MODEL.WEIGHTS
-    # is set (a SAN checkpoint holds the CLIP weights); the tag still selects the activation
-    # (the OpenAI weights use QuickGELU; with a local OpenAI file use the "-quickgelu" model name).
-    cfg.MODEL.SAN.CLIP_PRETRAINED_NAME = "openai"
-    # Prompt templates (clipdistill.modeling.clip.PROMPT_TEMPLATES): "vild" (14, published),
-    # "openai" (the 80 of CLIP; the published code's "imagenet"), "simple" (7), "single".
-    cfg.MODEL.SAN.CLIP_TEMPLATE_SET = "vild"
+    # NAME, WEIGHTS, TEMPLATES: which CLIP, as everywhere (clipdistill/modeling/clip/config.py).
+    # NAME: "/" is accepted for "-" ("ViT-B/16", as the published configs say). WEIGHTS are for
+    # training from scratch: not loaded when MODEL.WEIGHTS is set (a SAN checkpoint holds the
+    # CLIP weights); the tag still selects the activation (the OpenAI weights use QuickGELU; with
+    # a local OpenAI file use the "-quickgelu" model name). TEMPLATES: "vild" (14) is published,
+    # "openai" (the 80 of CLIP) is the published code's "imagenet".
+    cfg.MODEL.SAN.CLIP = CN()
+    add_clip_keys(cfg.MODEL.SAN.CLIP, name="ViT-B-16", weights="openai", templates="vild")
     # CLIP blocks [0, IDX) form the feature extractor; blocks [IDX, end) the recognition head.
     cfg.MODEL.SAN.FEATURE_LAST_LAYER_IDX = 9
     # Parameter-name parts of the extractor / recognition head that stay trainable ("all": all).

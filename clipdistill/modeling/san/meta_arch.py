@@ -39,8 +39,8 @@ __all__ = ["SAN"]
 logger = logging.getLogger(__name__)
 
 
-_KEY_NAME = "MODEL.SAN.CLIP_MODEL_NAME"
-_KEY_WEIGHTS = "MODEL.SAN.CLIP_PRETRAINED_NAME"
+_KEY_NAME = "MODEL.SAN.CLIP.NAME"
+_KEY_WEIGHTS = "MODEL.SAN.CLIP.WEIGHTS"
 
 
 def _tag_uses_quick_gelu(model_name: str, tag: str) -> bool:
@@ -140,8 +140,8 @@ class SAN(OpenVocabSegmenter):
         san = cfg.MODEL.SAN
         sa = cfg.MODEL.SIDE_ADAPTER
         ab = cfg.MODEL.SIDE_ADAPTER.ATTN_BIAS
-        name = san.CLIP_MODEL_NAME.replace("/", "-")  # the published configs say "ViT-B/16"
-        tag = san.CLIP_PRETRAINED_NAME
+        name = san.CLIP.NAME.replace("/", "-")  # the published configs say "ViT-B/16"
+        tag = san.CLIP.WEIGHTS
         weights_file = cfg.MODEL.WEIGHTS
         if weights_file:
             # a SAN checkpoint holds the CLIP weights: build the architecture only (no download),
@@ -157,16 +157,16 @@ class SAN(OpenVocabSegmenter):
             clip_model, identity = load_open_clip(
                 name, tag, name_key=_KEY_NAME, weights_key=_KEY_WEIGHTS
             )
-        if san.CLIP_TEMPLATE_SET not in PROMPT_TEMPLATES:
+        if san.CLIP.TEMPLATES not in PROMPT_TEMPLATES:
             raise ValueError(
-                f"MODEL.SAN.CLIP_TEMPLATE_SET={san.CLIP_TEMPLATE_SET!r}: use one of "
+                f"MODEL.SAN.CLIP.TEMPLATES={san.CLIP.TEMPLATES!r}: use one of "
                 f"{sorted(PROMPT_TEMPLATES)}"
             )
         ov_classifier = LearnableBgOvClassifier(
             clip_model,
             open_clip.get_tokenizer(name),
             model_name=name,
-            templates=san.CLIP_TEMPLATE_SET,
+            templates=san.CLIP.TEMPLATES,
             identity=identity,
             weights_file=weights_file,
         )

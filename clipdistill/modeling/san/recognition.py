@@ -78,7 +78,7 @@ class CLIPFeatureExtractor(nn.Module):
         self, visual: VisionTransformer, last_layer_idx: int, frozen_exclude: Sequence[str]
     ):
         super().__init__()
-        _check_vit(visual, "MODEL.SAN.CLIP_MODEL_NAME")
+        _check_vit(visual, "MODEL.SAN.CLIP.NAME")
         blocks = visual.transformer.resblocks
         if not 0 <= last_layer_idx <= len(blocks):
             raise ValueError(
@@ -147,7 +147,7 @@ class RecognitionHead(nn.Module):
         downsample_method: str,
     ):
         super().__init__()
-        _check_vit(visual, "MODEL.SAN.CLIP_MODEL_NAME")
+        _check_vit(visual, "MODEL.SAN.CLIP.NAME")
         if sos_token_format not in SOS_TOKEN_FORMATS:
             raise ValueError(
                 f"MODEL.SAN.SOS_TOKEN_FORMAT={sos_token_format!r}: use one of {SOS_TOKEN_FORMATS}"

@@ -4,33 +4,41 @@ its frozen CLIP teacher (``add_clip_teacher_config``, ``MODEL.CLIPDISTILL.TEACHE
 Every key is commented and read somewhere; ``tests/test_config.py`` checks that none is dead.
 """
 
+from typing import List
+
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_segstudent_config", "add_clip_teacher_config"]
+from ...utils.checks import Problems, is_int, is_num
+from ..clip.config import add_clip_keys
+
+__all__ = ["add_segstudent_config", "add_clip_teacher_config", "check_segstudent_config"]
+
+#: the loss weights (``MODEL.CLIPDISTILL.LOSS.<key>``) by loss name
+LOSS_WEIGHT_KEYS = {
+    "loss_ce": "CE_WEIGHT",
+    "loss_global": "GLOBAL_WEIGHT",
+    "loss_local": "LOCAL_WEIGHT",
+    "loss_dense": "DENSE_WEIGHT",
+    "loss_seg_kd": "SEG_KD_WEIGHT",
+}
 
 
 def add_clip_teacher_config(cfg: CN) -> None:
-    """The frozen CLIP teacher (clipdistill/modeling/teacher): the student's distillation target
-    and the CLIP that the training-free segmenters apply densely."""
+    """The student's frozen CLIP teacher (clipdistill/modeling/teacher): its distillation
+    targets and the text embeddings of its head."""
     cfg.MODEL.CLIPDISTILL = CN()
     cfg.MODEL.CLIPDISTILL.TEACHER = CN()
-    cfg.MODEL.CLIPDISTILL.TEACHER.NAME = "ViT-B-16"  # open_clip model name
-    # open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...), a local weights file, or
-    # "" for a randomly initialised teacher (tests and the toy config only).
-    cfg.MODEL.CLIPDISTILL.TEACHER.WEIGHTS = "openai"
+    # NAME, WEIGHTS, TEMPLATES: which CLIP, as everywhere (clipdistill/modeling/clip/config.py)
+    add_clip_keys(
+        cfg.MODEL.CLIPDISTILL.TEACHER, name="ViT-B-16", weights="openai", templates="openai"
+    )
     cfg.MODEL.CLIPDISTILL.TEACHER.IMAGE_SIZE = 224  # input side for the global embedding Cg
     cfg.MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE = 448  # input side for dense features Td
-    # Prompt templates: "openai" (80), "simple" (7), "single" ("a photo of a {}."), "vild" (14),
-    # "car" (CLIP-as-RNN's 15) or "caption" (the testbed world's caption grammar: "a red star.").
-    cfg.MODEL.CLIPDISTILL.TEACHER.TEMPLATES = "openai"
     # On-disk cache of text embeddings; "" means $XDG_CACHE_HOME/clipdistill/text_embeddings.
     cfg.MODEL.CLIPDISTILL.TEACHER.TEXT_CACHE_DIR = ""
-    # How dense features are computed (clipdistill/modeling/clip/dense.py), for the distillation
-    # target Td and for the training-free segmenters: "value_only" (last block's value path, no
-    # residual, no MLP: the distillation default), "maskclip" (MaskCLIP's official form, residual
-    # and MLP kept), "sclip", "clearclip", "naclip", or "tokens" (the tower's own patch tokens,
-    # the last block unchanged: the dense features of towers whose image embedding is the mean
-    # of per-location embeddings, such as the testbed CLIPs; docs/TESTBED.md).
+    # How the distillation target Td is computed (clipdistill/modeling/clip/dense.py): one of
+    # DENSE_METHODS, see MODEL.MASKCLIP.CLIP.DENSE_METHOD; "value_only" by default (last block's
+    # value path, no residual, no MLP).
     cfg.MODEL.CLIPDISTILL.TEACHER.DENSE_METHOD = "value_only"
 
 
@@ -99,3 +107,27 @@ def add_segstudent_config(cfg: CN) -> None:
     cfg.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.WEIGHTS = ""
     # Overrides of the teacher's config, as KEY VALUE pairs (MODEL.DEVICE follows the student's).
     cfg.MODEL.CLIPDISTILL.SEGMENTER_TEACHER.OPTS = []
+
+
+def check_segstudent_config(cfg: CN, training: bool) -> List[str]:
+    """The problems of ``SegStudent``'s keys that its constructors do not check (the teacher's
+    are checked by ``CLIPTeacher``): ``SegStudent.config_problems``."""
+    p = Problems()
+    c = cfg.MODEL.CLIPDISTILL
+    for key in ("TEMPERATURE", "ATTN_TEMPERATURE"):
+        v = c.LOSS[key]
+        p.need(is_num(v) and v > 0, f"MODEL.CLIPDISTILL.LOSS.{key}", v, "a number > 0")
+    for key in LOSS_WEIGHT_KEYS.values():
+        v = c.LOSS[key]
+        p.need(is_num(v) and v >= 0, f"MODEL.CLIPDISTILL.LOSS.{key}", v, "a number >= 0")
+    v = c.TEACHER_CACHE.SHARD_SIZE
+    p.need(is_int(v) and v > 0, "MODEL.CLIPDISTILL.TEACHER_CACHE.SHARD_SIZE", v, "an integer > 0")
+    if training:
+        weights = [c.LOSS[key] for key in LOSS_WEIGHT_KEYS.values()]
+        p.need(
+            any(is_num(w) and w > 0 for w in weights),
+            "MODEL.CLIPDISTILL.LOSS.*_WEIGHT",
+            weights,
+            "at least one loss weight > 0 (" + ", ".join(LOSS_WEIGHT_KEYS.values()) + ")",
+        )
+    return p

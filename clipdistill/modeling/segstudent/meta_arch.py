@@ -19,6 +19,7 @@ from detectron2.utils.events import get_event_storage
 
 from ...utils.errors import ConfigError
 from . import losses as L
+from .config import check_segstudent_config
 from .head import build_student_head
 from .neck import FusionNeck
 from ..inference import fold_batch_norms, is_exporting
@@ -164,7 +165,7 @@ class SegStudent(OpenVocabSegmenter):
                 "loss_local": lc.LOCAL_WEIGHT,
                 "loss_dense": lc.DENSE_WEIGHT,
                 "loss_seg_kd": lc.SEG_KD_WEIGHT,
-            },
+            },  # config.LOSS_WEIGHT_KEYS
             "temperature": lc.TEMPERATURE,
             "attn_temperature": lc.ATTN_TEMPERATURE,
             "gather": lc.GATHER,
@@ -174,6 +175,10 @@ class SegStudent(OpenVocabSegmenter):
             "fold_bn": cfg.MODEL.CLIPDISTILL.FOLD_BN,
             "backbone_multiplier": cfg.SOLVER.BACKBONE_MULTIPLIER,
         }
+
+    @classmethod
+    def config_problems(cls, cfg, training: bool) -> List[str]:
+        return check_segstudent_config(cfg, training)
 
     @classmethod
     def wants_segmenter_teacher(cls, cfg) -> bool:

@@ -44,12 +44,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_KEY_NAME = "MODEL.CLIPDISTILL.TEACHER.NAME"
-_KEY_WEIGHTS = "MODEL.CLIPDISTILL.TEACHER.WEIGHTS"
-_KEY_TEMPLATES = "MODEL.CLIPDISTILL.TEACHER.TEMPLATES"
-_KEY_IMAGE_SIZE = "MODEL.CLIPDISTILL.TEACHER.IMAGE_SIZE"
-_KEY_DENSE_IMAGE_SIZE = "MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE"
-_KEY_DENSE_METHOD = "MODEL.CLIPDISTILL.TEACHER.DENSE_METHOD"
+#: the config node of the student's teacher (errors name its keys)
+TEACHER_KEY = "MODEL.CLIPDISTILL.TEACHER"
+_KEYS = ("NAME", "WEIGHTS", "TEMPLATES", "DENSE_METHOD", "IMAGE_SIZE", "DENSE_IMAGE_SIZE")
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,11 +71,12 @@ class CLIPTeacher(FrozenAuxiliary):
         *,
         model_name: str,
         weights: str,
-        image_size: int = 224,
-        dense_image_size: int = 448,
+        image_size: Optional[int] = 224,
+        dense_image_size: Optional[int] = 448,
         templates: str = "openai",
         text_cache_dir: str = "",
         dense_method: str = "value_only",
+        config_key: str = TEACHER_KEY,
     ):
         """
         Args:
@@ -87,32 +85,32 @@ class CLIPTeacher(FrozenAuxiliary):
                 file, or "" for a (deterministically seeded) random initialisation.
             image_size: square input side of ``encode_image``; for ViTs any multiple of the patch
                 size works (positional embeddings are interpolated), other towers need their
+                native size; None: the native size.
+            dense_image_size: default square input side of ``encode_image_dense``; None: the
                 native size.
-            dense_image_size: default square input side of ``encode_image_dense``.
             templates: prompt template set for ``encode_text``: "openai", "simple" or "single".
             text_cache_dir: directory of the on-disk text-embedding cache; "" means
                 ``$XDG_CACHE_HOME/clipdistill/text_embeddings`` (``~/.cache`` by default).
             dense_method: how ``encode_image_dense`` computes patch features, a name of
                 ``clipdistill.modeling.clip.DENSE_METHODS`` ("value_only", "maskclip", "sclip",
                 "clearclip", "naclip").
+            config_key: the config node these arguments come from (named by every error).
         """
         super().__init__()
+        keys = {k: f"{config_key}.{k}" for k in _KEYS}
         if dense_method not in DENSE_METHODS:
             raise ConfigError(
-                f"{_KEY_DENSE_METHOD}={dense_method!r} is not a dense method; choose one of "
+                f"{keys['DENSE_METHOD']}={dense_method!r} is not a dense method; choose one of "
                 f"{sorted(DENSE_METHODS)}."
             )
         if templates not in PROMPT_TEMPLATES:
             raise ConfigError(
-                f"{_KEY_TEMPLATES}={templates!r} is not a prompt template set; choose one of "
+                f"{keys['TEMPLATES']}={templates!r} is not a prompt template set; choose one of "
                 f"{sorted(PROMPT_TEMPLATES)}."
             )
-        for key, value in (
-            (_KEY_IMAGE_SIZE, image_size),
-            (_KEY_DENSE_IMAGE_SIZE, dense_image_size),
-        ):
-            if int(value) <= 0:
-                raise ConfigError(f"{key} must be a positive image side, got {value!r}.")
+        for name, value in (("IMAGE_SIZE", image_size), ("DENSE_IMAGE_SIZE", dense_image_size)):
+            if value is not None and int(value) <= 0:
+                raise ConfigError(f"{keys[name]} must be a positive image side, got {value!r}.")
 
         self.model_name = model_name
         self.weights = weights
@@ -121,7 +119,7 @@ class CLIPTeacher(FrozenAuxiliary):
         self.dense_method = dense_method
 
         model, identity = load_open_clip(
-            model_name, weights, name_key=_KEY_NAME, weights_key=_KEY_WEIGHTS
+            model_name, weights, name_key=keys["NAME"], weights_key=keys["WEIGHTS"]
         )
         model.requires_grad_(False)
         self.model = model
@@ -137,13 +135,17 @@ class CLIPTeacher(FrozenAuxiliary):
 
         self._embed_dim = self._infer_embed_dim(model)
         self._patch_size = self._infer_patch_size(visual)
-        self.image_size = self._check_side(int(image_size), _KEY_IMAGE_SIZE)
-        self.dense_image_size = self._check_side(int(dense_image_size), _KEY_DENSE_IMAGE_SIZE)
+        native = self._native_size[0]
+        image_size = native if image_size is None else int(image_size)
+        dense_image_size = native if dense_image_size is None else int(dense_image_size)
+        self.image_size = self._check_side(image_size, keys["IMAGE_SIZE"])
+        self.dense_image_size = self._check_side(dense_image_size, keys["DENSE_IMAGE_SIZE"])
         if not isinstance(visual, VisionTransformer) and (
             (self.image_size, self.image_size) != self._native_size
         ):
             raise ConfigError(
-                f"{_KEY_IMAGE_SIZE}={image_size} but {model_name!r} only works at its native size "
+                f"{keys['IMAGE_SIZE']}={image_size} but {model_name!r} only works at its native "
+                f"size "
                 f"{self._native_size} (positional-embedding interpolation is implemented for "
                 "open_clip VisionTransformer towers only)."
             )

@@ -1,4 +1,6 @@
-"""The embedded toy dataset: small images with labelled regions, in the PASCAL VOC 2012 layout.
+"""The VOC-layout toy set (``voc20_toy``; ``tools/make_toy_dataset.py --dataset voc_toy``): small
+images with labelled regions, in the PASCAL VOC 2012 layout. (The embedded default of
+``configs/voc_toy.yaml`` is the testbed world, ``clipdistill/data/synthetic``.)
 
 It is written exactly like the real data (``JPEGImages``, palette ``SegmentationClass`` PNGs with
 0 = background and 255 = void boundaries, ``ImageSets/Segmentation/{train,val}.txt``), then
