@@ -1,23 +1,22 @@
-"""Export of the student with a vocabulary baked in: TorchScript and ONNX.
+"""Export of a segmenter with a vocabulary baked in: TorchScript and ONNX.
 
-``ExportableSegmenter`` wraps a ``SegStudent`` into a plain ``image -> logits`` module: the text
-embeddings of the vocabulary are computed once (by the teacher's text encoder) and stored as a
-buffer, the teacher itself is left out, and the graph is
+``ExportableSegmenter`` wraps a segmenter that has the tensor-level path
+(``OpenVocabSegmenter.logits``; ``exportable``: the student) into a plain ``image -> logits``
+module: the text embeddings of the vocabulary are computed once (``text_embeddings``) and stored
+as a buffer, the ``inference_excluded_modules`` (the teacher) are left out, and the graph is
 
     float32 [B, 3, H, W] (0..255, cfg.INPUT.FORMAT channel order)
-      -> normalise -> zero-pad H, W to the backbone's size divisibility
-      -> student_features -> seg_head(text) -> bilinear upsampling -> crop to H, W
+      -> normalise -> zero-pad H, W to the segmenter's size divisibility
+      -> logits(images, text) -> bilinear upsampling -> crop to H, W
       -> float32 logits [B, K, H, W]   (or int64 labels [B, H, W] with output="labels")
 
-which is exactly what ``SegStudent.forward`` computes for an image given at the size it is fed
-(its test-time resizing, ``ResizeShortestEdge``, stays outside the graph). Height and width are
-dynamic in both exports.
+which is the path ``forward`` takes for an image given at the size it is fed (its test-time
+resizing, ``ResizeShortestEdge``, stays outside the graph). Height and width are dynamic in both
+exports.
 """
 
 import copy
 import logging
-import statistics
-import time
 import warnings
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -30,6 +29,7 @@ from torch.nn import functional as F
 from ..modeling.clip.text import check_class_names
 from ..utils.errors import ConfigError
 from ..utils.io import atomic_path, atomic_save_json
+from ..utils.timing import summarize, time_interleaved
 
 __all__ = [
     "ExportableSegmenter",
@@ -56,10 +56,12 @@ def _without_excluded_modules(model: nn.Module) -> nn.Module:
 
 
 class ExportableSegmenter(nn.Module):
-    """``image -> per-class logits`` (or label map) of a ``SegStudent``, vocabulary baked in.
+    """``image -> per-class logits`` (or label map) of an exportable segmenter, vocabulary baked
+    in.
 
     Args:
-        model: a ``SegStudent`` (eval mode is set on the wrapper).
+        model: a segmenter with the tensor-level ``logits`` (``SegStudent``; eval mode is set on
+            the wrapper).
         class_names: the vocabulary; None: the model's training vocabulary.
         output: ``"logits"`` (float32 ``[B, K, H, W]``) or ``"labels"`` (int64 ``[B, H, W]``).
     """
@@ -72,8 +74,8 @@ class ExportableSegmenter(nn.Module):
             raise ValueError(f"output must be 'logits' or 'labels', got {output!r}")
         if not model.exportable:
             raise ConfigError(
-                f"{type(model).__name__} cannot be exported (its `exportable` is False); "
-                "export works for SegStudent"
+                f"{type(model).__name__} cannot be exported: it has no tensor-level "
+                "logits(images, text_embeddings) (OpenVocabSegmenter.logits; SegStudent has one)"
             )
         if class_names is None:
             class_names = list(model.train_vocabulary)
@@ -88,7 +90,7 @@ class ExportableSegmenter(nn.Module):
         self.register_buffer("text_embeddings", text if text is not None else torch.zeros(0))
         self.register_buffer("pixel_mean", model.pixel_mean.detach().clone().view(1, -1, 1, 1))
         self.register_buffer("pixel_std", model.pixel_std.detach().clone().view(1, -1, 1, 1))
-        self.size_divisibility = int(max(1, model.backbone.size_divisibility))
+        self.size_divisibility = int(max(1, model.size_divisibility))
         self.to(model.pixel_mean.device)
         self.eval()
 
@@ -99,21 +101,12 @@ class ExportableSegmenter(nn.Module):
         pad_h = (h + d - 1) // d * d - h
         pad_w = (w + d - 1) // d * d - w
         x = F.pad(x, (0, pad_w, 0, pad_h))  # zeros after normalisation, like ImageList
-        feats = self.student.student_features(x)
-        logits = self.student.seg_head(feats, self.text_embeddings if self.has_text else None)
+        logits = self.student.logits(x, self.text_embeddings if self.has_text else None)
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         logits = logits[:, :, :h, :w]
         if self.output == "labels":
             return logits.argmax(dim=1)
         return logits
-
-
-def _warm_up(module: nn.Module, example: torch.Tensor) -> None:
-    """Run ``module`` once eagerly, so that lazily built inference caches of the model (e.g. a
-    BatchNorm-folded copy of the backbone) exist before tracing and are captured as they are used
-    at inference, instead of their construction being recorded into the graph."""
-    with torch.no_grad():
-        module(example)
 
 
 def _quiet_export():
@@ -132,7 +125,6 @@ def export_torchscript(module: ExportableSegmenter, path: str, example: torch.Te
     (weights become constants, unused attributes are dropped; ``text_embeddings`` is kept) and
     save it to ``path``. Sizes are read from the input at run time, so other batch sizes, heights
     and widths work (checked by ``parity_check``). Returns the frozen module."""
-    _warm_up(module, example)
     ctx = _quiet_export()
     try:
         with torch.no_grad(), atomic_path(path) as tmp:
@@ -174,7 +166,6 @@ def export_onnx(
         if out_name == "logits"
         else {0: "batch", 1: "height", 2: "width"}
     )
-    _warm_up(module, example)
     ctx = _quiet_export()
     try:
         with torch.no_grad(), atomic_path(path) as tmp:
@@ -222,8 +213,8 @@ def onnx_session(path: str, threads: int = 0):
 
 
 def eager_reference(model: nn.Module, image_uint8: torch.Tensor) -> torch.Tensor:
-    """``SegStudent.forward`` on one ``[3, H, W]`` uint8 image at its own size (no resizing):
-    logits ``[K, H, W]`` -- the reference the exports are compared with."""
+    """The segmenter's ``forward`` on one ``[3, H, W]`` uint8 image at its own size (no
+    resizing): logits ``[K, H, W]`` -- the reference the exports are compared with."""
     with torch.no_grad():
         return model([{"image": image_uint8}])[0]["sem_seg"].float().cpu()
 
@@ -237,7 +228,7 @@ def parity_check(
     """Max absolute logit difference between each exported runner and the eager model.
 
     Args:
-        model: the ``SegStudent`` (its vocabulary set to the exported one).
+        model: the exported segmenter (its vocabulary set to the exported one).
         runners: ``name -> f(float32 [1, 3, H, W] numpy) -> [1, K, H, W]`` logits.
         sizes: ``(H, W)`` of the random test images.
 
@@ -270,32 +261,16 @@ def benchmark(
     batch: int = 1,
     seed: int = 0,
 ) -> Dict[str, Dict[str, float]]:
-    """Median / min / mean wall time (ms) of each runner on one random input.
-
-    Every runner first gets ``warmup`` untimed runs; then the runners are timed in interleaved
-    rounds (one run of each per round, ``runs`` rounds), so that a change in the machine's load
-    during the measurement affects all of them alike.
-    """
+    """Median / min / mean wall time (ms) of each runner on one random input
+    (``clipdistill.utils.timing.time_interleaved``: ``warmup`` untimed runs each, then ``runs``
+    interleaved rounds, so that a change in the machine's load affects all of them alike)."""
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (batch, 3) + tuple(size)).astype(np.float32)
-    for run in runners.values():
-        for _ in range(warmup):
-            run(x)
-    times = {name: [] for name in runners}
-    for _ in range(runs):
-        for name, run in runners.items():
-            t0 = time.perf_counter()
-            run(x)
-            times[name].append((time.perf_counter() - t0) * 1000)
+    calls = {name: (lambda run=run: run(x)) for name, run in runners.items()}
+    times = time_interleaved(calls, runs, warmup)
     res = {}
     for name, t in times.items():
-        res[name] = {
-            "median_ms": statistics.median(t),
-            "min_ms": min(t),
-            "mean_ms": statistics.fmean(t),
-            "runs": runs,
-            "warmup": warmup,
-        }
+        res[name] = {**summarize(t), "runs": runs, "warmup": warmup}
         logger.info(f"{name}: median {res[name]['median_ms']:.1f} ms over {runs} runs")
     return res
 

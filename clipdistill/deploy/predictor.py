@@ -20,10 +20,10 @@ import torch
 
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.modeling import build_model
 
 from ..data.dataset_mappers import build_sem_seg_augmentation
-from ..engine.checkpoint import SegmenterCheckpointer
+from ..engine import SegmenterCheckpointer, build_model
+from ..modeling.batch_norm import fold_for_inference
 from ..modeling.clip.text import check_class_names
 from ..modeling.postprocess import CHUNK_ELEMENTS, CoarseSemSeg, iter_probs, label_map
 from ..modeling.segmenter import OpenVocabSegmenter
@@ -215,6 +215,8 @@ class SegPredictor:
         self.class_names: List[str] = []
         self.colors = np.zeros((0, 3), np.uint8)
         self.set_class_names(class_names)
+        if self.cfg.MODEL.CLIPDISTILL.FOLD_BN:  # checked against the unfolded model
+            fold_for_inference(self.model)
 
     # ------------------------------------------------------------------------------ vocabulary
     @property

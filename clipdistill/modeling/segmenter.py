@@ -8,7 +8,10 @@ through this class, never by probing attributes:
   vocabulary, else the training vocabulary); ``open_vocabulary`` (False for a closed-set model);
 * cost accounting: ``inference_excluded_modules`` (submodules that are not per-image inference
   cost, e.g. a text tower whose output is cached per vocabulary);
-* deployment: ``exportable`` (whether ``tools/export_model.py`` can trace it);
+* deployment: the tensor-level path ``logits(images, text_embeddings)`` with
+  ``text_embeddings(names)``, ``pixel_mean``/``pixel_std`` and ``size_divisibility``, which
+  inference and export share; ``exportable``: whether a segmenter has it (``tools/export_model.py``
+  traces it);
 * training: ``lr_factor(name)`` (per-parameter lr multiplier), ``find_unused_parameters`` (DDP),
   ``no_weight_decay_names`` (parameters trained with ``SOLVER.WEIGHT_DECAY_EMBED``),
   ``wants_segmenter_teacher(cfg)`` (a frozen segmenter teacher built by the engine);
@@ -23,6 +26,7 @@ Inference follows detectron2's contract: ``model(list[dict]) -> [{"sem_seg": Ten
 at each input's ``height``/``width``.
 """
 
+import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -34,7 +38,33 @@ from ..utils.errors import ConfigError, ConfigKeyError
 from .clip.text import check_class_names
 from .postprocess import CoarseSemSeg
 
-__all__ = ["OpenVocabSegmenter", "train_vocabulary_from_cfg", "dataset_vocabulary"]
+__all__ = [
+    "OpenVocabSegmenter",
+    "train_vocabulary_from_cfg",
+    "dataset_vocabulary",
+    "is_exporting",
+    "inference_context",
+]
+
+
+def is_exporting() -> bool:
+    """True while tracing/scripting/exporting/compiling: no inference_mode then (its tensors
+    cannot be recorded by a tracer or saved for backward)."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
+    onnx = getattr(torch, "onnx", None)
+    if onnx is not None and getattr(onnx, "is_in_onnx_export", lambda: False)():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and getattr(compiler, "is_compiling", lambda: False)())
+
+
+def inference_context(no_grad: bool = False):
+    """``torch.inference_mode`` where it is valid (no gradient requested, nothing traces or
+    exports); elsewhere ``torch.no_grad()`` when ``no_grad``, else nothing (gradients flow)."""
+    if not torch.is_grad_enabled() and not is_exporting():
+        return torch.inference_mode()
+    return torch.no_grad() if no_grad else contextlib.nullcontext()
 
 
 def dataset_vocabulary(dataset_name: str) -> List[str]:
@@ -70,8 +100,6 @@ class OpenVocabSegmenter(nn.Module):
 
     #: submodule names whose parameters are not per-image inference cost
     inference_excluded_modules: Tuple[str, ...] = ()
-    #: whether ``tools/export_model.py`` can trace this segmenter
-    exportable: bool = False
     #: whether some trainable parameters may get no gradient in a step (DDP needs to know)
     find_unused_parameters: bool = False
     #: parameter names (the last component, e.g. "pos_embed") trained with
@@ -148,6 +176,28 @@ class OpenVocabSegmenter(nn.Module):
         (``MODEL.CLIPDISTILL.SEGMENTER_TEACHER``): ``clipdistill.engine.build_model`` then builds
         it from its own config and checkpoint and passes it as ``seg_teacher``. Default False."""
         return False
+
+    # ------------------------------------------------------------------------------ tensor level
+    def logits(
+        self, images: torch.Tensor, text_embeddings: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """The tensor-level path shared by inference and export: ``images`` float
+        ``[B, 3, H, W]``, normalised with ``pixel_mean``/``pixel_std`` and zero-padded to a
+        multiple of ``size_divisibility``; ``text_embeddings`` ``[K, C]`` of the vocabulary
+        (``text_embeddings(names)``; None for a closed-set model) -> logits ``[B, K, h, w]`` at
+        the segmenter's output stride, which callers upsample bilinearly to ``H, W``.
+        Segmenters that have one are ``exportable``."""
+        raise NotImplementedError(f"{type(self).__name__} has no tensor-level logits()")
+
+    def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
+        """``[K, C]`` text embeddings of ``class_names`` for ``logits``."""
+        raise NotImplementedError(f"{type(self).__name__} has no tensor-level logits()")
+
+    @property
+    def exportable(self) -> bool:
+        """Whether ``tools/export_model.py`` can trace this segmenter: it has the tensor-level
+        ``logits``."""
+        return type(self).logits is not OpenVocabSegmenter.logits
 
     @torch.no_grad()
     def dense_class_probs(self, images: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:

@@ -53,8 +53,7 @@ class CaR(OpenVocabSegmenter):
     """CLIP-as-RNN: Grad-CAM proposals, visual prompts, a CLIP classifier and a recurrence that
     prunes the vocabulary until it stops changing (``clipdistill/modeling/car``)."""
 
-    #: nothing to export: data-dependent loop, NumPy/OpenCV/DenseCRF steps
-    exportable = False
+    #: (not exportable: data-dependent loop, NumPy/OpenCV/DenseCRF steps)
     #: the text towers only embed the vocabulary (cached per vocabulary); both image towers run
     #: on every image
     inference_excluded_modules = (

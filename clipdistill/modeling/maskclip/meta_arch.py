@@ -19,8 +19,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from ..clip.dense import dense_features
-from ..inference import is_exporting
-from ..segmenter import OpenVocabSegmenter, train_vocabulary_from_cfg
+from ..segmenter import OpenVocabSegmenter, inference_context, train_vocabulary_from_cfg
 from .sliding_window import sliding_window_logits
 from ..teacher import CLIPTeacher
 
@@ -141,9 +140,7 @@ class MaskCLIP(OpenVocabSegmenter):
                 f"{type(self).__name__} is training-free: evaluate it (tools/train_net.py "
                 "--eval-only, Trainer.test); there is nothing to train."
             )
-        use_inference_mode = not torch.is_grad_enabled() and not is_exporting()
-        ctx = torch.inference_mode() if use_inference_mode else torch.no_grad()
-        with ctx:
+        with inference_context(no_grad=True):
             return [self._segment(x) for x in batched_inputs]
 
     def _segment(self, x: dict) -> dict:

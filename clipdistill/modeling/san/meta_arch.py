@@ -64,7 +64,6 @@ class SAN(OpenVocabSegmenter):
 
     #: the text tower gives cached embeddings, not per-image work
     inference_excluded_modules = ("ov_classifier",)
-    exportable = False
     find_unused_parameters = False
     #: parameter names (last component) trained with SOLVER.WEIGHT_DECAY_EMBED
     no_weight_decay_names = ("positional_embedding", "pos_embed", "query_embed", "query_pos_embed")

@@ -61,11 +61,14 @@ def add_segstudent_config(cfg: CN) -> None:
     # (autocast around backbone -> head; logits are upsampled in float32). Ignored on the CPU,
     # where inference always runs in float32 (SegStudent.inference).
     cfg.MODEL.CLIPDISTILL.INFERENCE_DTYPE = "float32"
-    # Run the student's convolutions in channels-last memory format at inference (faster with
-    # oneDNN on CPU and with cuDNN on tensor-core GPUs; results equal within float tolerance).
+    # Keep the student's convolutions (weights and inputs) in channels-last memory format, in
+    # training and inference (faster with oneDNN on CPU and with cuDNN on tensor-core GPUs;
+    # results equal within float tolerance).
     cfg.MODEL.CLIPDISTILL.CHANNELS_LAST = True
-    # At inference, fold the student's BatchNorms into the preceding convolutions (a cached copy
-    # of backbone + proj, rebuilt when a weight changes; checked numerically against the model).
+    # Deployment (the predictor behind the demo and the web demo, the benchmark and the
+    # comparison's timings) folds the student's BatchNorms into the preceding convolutions
+    # (clipdistill/modeling/batch_norm.py; checked numerically against the model). Evaluation
+    # (Trainer.test) runs the model as trained.
     cfg.MODEL.CLIPDISTILL.FOLD_BN = True
 
     # ---- teacher-output cache (data/teacher_cache, tools/cache_teacher.py, docs/CACHE.md) ----

@@ -1,8 +1,6 @@
 """``SegStudent``: the distilled open-vocabulary segmenter (student + its frozen CLIP teacher)."""
 
 import contextlib
-import copy
-import itertools
 import logging
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -22,9 +20,8 @@ from . import losses as L
 from .config import check_segstudent_config
 from .head import build_student_head
 from .neck import FusionNeck
-from ..inference import fold_batch_norms, is_exporting
 from ..postprocess import CoarseSemSeg
-from ..segmenter import OpenVocabSegmenter, train_vocabulary_from_cfg
+from ..segmenter import OpenVocabSegmenter, inference_context, train_vocabulary_from_cfg
 from ..teacher import CLIPTeacher, SegmenterTeacher, ignore_frozen_missing_keys
 
 __all__ = ["SegStudent"]
@@ -50,7 +47,6 @@ class SegStudent(OpenVocabSegmenter):
 
     #: the teacher only gives cached text embeddings at inference
     inference_excluded_modules = ("teacher", "seg_teacher")
-    exportable = True
 
     @configurable
     def __init__(
@@ -72,7 +68,6 @@ class SegStudent(OpenVocabSegmenter):
         use_teacher_cache: bool = False,
         inference_dtype: str = "float32",
         channels_last: bool = False,
-        fold_bn: bool = False,
         backbone_multiplier: float = 1.0,
         seg_teacher: Optional[SegmenterTeacher] = None,
     ):
@@ -94,9 +89,6 @@ class SegStudent(OpenVocabSegmenter):
             inference_dtype: "float32", "float16" or "bfloat16": autocast dtype of the student
                 at inference on CUDA (ignored on other devices).
             channels_last: keep the student's weights and inputs in channels-last memory format.
-            fold_bn: at inference, run a copy of ``backbone`` and ``proj`` whose BatchNorms are
-                folded into the convolutions (rebuilt whenever a weight changes; not part of the
-                state dict); skipped with a warning if the copy does not reproduce the original.
             backbone_multiplier: learning-rate factor of the backbone's parameters.
             seg_teacher: a frozen segmenter whose class probabilities the student distils
                 (``loss_seg_kd``); needed iff that loss has a weight.
@@ -129,15 +121,9 @@ class SegStudent(OpenVocabSegmenter):
         self.use_teacher_cache = use_teacher_cache
         self.inference_dtype = _INFERENCE_DTYPES[inference_dtype]
         self.channels_last = channels_last
-        self.fold_bn = fold_bn
         self.backbone_multiplier = backbone_multiplier
         # without loss_ce the head's scale and bias get no gradient
         self.find_unused_parameters = self.loss_weights["loss_ce"] == 0
-        # (signature of the weights, folded backbone, folded proj); a plain attribute, so that
-        # it is neither a submodule nor in the state dict
-        self._folded: Optional[tuple] = None
-        # text embeddings per (vocabulary, device, dtype), ready for the head at inference
-        self._vocab_cache: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
         if channels_last:
             for m in (self.backbone, self.proj, self.clip_proj, self.seg_head):
                 m.to(memory_format=torch.channels_last)
@@ -172,7 +158,6 @@ class SegStudent(OpenVocabSegmenter):
             "use_teacher_cache": cfg.MODEL.CLIPDISTILL.TEACHER_CACHE.ENABLED,
             "inference_dtype": cfg.MODEL.CLIPDISTILL.INFERENCE_DTYPE,
             "channels_last": cfg.MODEL.CLIPDISTILL.CHANNELS_LAST,
-            "fold_bn": cfg.MODEL.CLIPDISTILL.FOLD_BN,
             "backbone_multiplier": cfg.SOLVER.BACKBONE_MULTIPLIER,
         }
 
@@ -196,34 +181,19 @@ class SegStudent(OpenVocabSegmenter):
     def lr_factor(self, param_name: str) -> float:
         return self.backbone_multiplier if param_name.startswith("backbone.") else 1.0
 
+    @property
+    def size_divisibility(self) -> int:
+        return int(max(1, self.backbone.size_divisibility))
+
     # ---------------------------------------------------------------- vocabulary
     def prepare_vocabulary(self, class_names: List[str]) -> None:
         if self.open_vocabulary:
             self.text_embeddings(class_names)
 
     def text_embeddings(self, class_names: Sequence[str]) -> torch.Tensor:
-        """``[K, C]`` text embeddings of ``class_names`` (cached by the teacher)."""
+        """``[K, C]`` text embeddings of ``class_names`` on the student's device, from the
+        teacher's text encoder (cached per vocabulary, in memory and on disk)."""
         return self.teacher.encode_text(list(class_names)).to(self.device)
-
-    #: vocabularies kept ready for the head (least recently used dropped first)
-    VOCAB_CACHE_SIZE = 8
-
-    def _head_text(self, class_names: Sequence[str], dtype: torch.dtype) -> torch.Tensor:
-        """``text_embeddings`` on the model's device in ``dtype``, computed once per vocabulary
-        (the teacher's own cache still makes a defensive copy on every call)."""
-        key = (tuple(class_names), self.device, dtype)
-        emb = self._vocab_cache.get(key)
-        if emb is None:
-            # a normal tensor even when called under inference_mode, so a later traced or
-            # gradient-recording call can use it
-            with torch.inference_mode(False), torch.no_grad():
-                emb = self.text_embeddings(class_names).to(dtype)
-            self._vocab_cache[key] = emb
-            while len(self._vocab_cache) > self.VOCAB_CACHE_SIZE:
-                self._vocab_cache.popitem(last=False)
-        else:
-            self._vocab_cache.move_to_end(key)
-        return emb
 
     # ---------------------------------------------------------------- student
     def preprocess(self, batched_inputs: List[dict]) -> ImageList:
@@ -236,80 +206,37 @@ class SegStudent(OpenVocabSegmenter):
         """``F``: ``[B, C, H/s, W/s]`` CLIP-space features, L2-normalised per location."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        backbone, proj = self.backbone, self.proj
-        if self.fold_bn and not self.training and not is_exporting():
-            backbone, proj = self._folded_modules()
-        fused = proj(backbone(images), images.shape[-2:])
+        fused = self.proj(self.backbone(images), images.shape[-2:])
         return F.normalize(self.clip_proj(fused), dim=1)
 
-    def _weights_signature(self) -> tuple:
-        tensors = itertools.chain(
-            self.backbone.parameters(),
-            self.backbone.buffers(),
-            self.proj.parameters(),
-            self.proj.buffers(),
-        )
-        return tuple((id(t), t._version, t.device) for t in tensors)
-
-    def _folded_modules(self) -> Tuple[nn.Module, nn.Module]:
-        """``backbone`` and ``proj`` with BatchNorm folded (eval only), cached until a weight or
-        running statistic changes (training, loading, moving to another device)."""
-        sig = self._weights_signature()
-        if self._folded is not None and self._folded[0] == sig:
-            return self._folded[1], self._folded[2]
-        with torch.inference_mode(False), torch.no_grad():
-            backbone = copy.deepcopy(self.backbone).eval().requires_grad_(False)
-            proj = copy.deepcopy(self.proj).eval().requires_grad_(False)
-            n = fold_batch_norms(backbone) + fold_batch_norms(proj)
-            if self.channels_last:
-                backbone.to(memory_format=torch.channels_last)
-                proj.to(memory_format=torch.channels_last)
-            # the sibling-order assumption is checked on a random input; on failure, no folding
-            div = max(self.backbone.size_divisibility, 32)
-            g = torch.Generator().manual_seed(0)  # leaves the global RNG untouched
-            x = torch.randn(1, 3, 2 * div, 2 * div, generator=g).to(self.device)
-            ref = self.proj(self.backbone(x), x.shape[-2:])
-            got = proj(backbone(x), x.shape[-2:])
-            err = float((ref - got).abs().max() / ref.abs().max().clamp(min=1e-6))
-        if err > 1e-3:
-            logger.warning(
-                f"MODEL.CLIPDISTILL.FOLD_BN: the folded copy differs from the model (relative "
-                f"error {err:.2e}); inference runs without folding."
-            )
-            backbone, proj = self.backbone, self.proj
-        else:
-            logger.debug(f"Folded {n} BatchNorms into convolutions for inference.")
-        self._folded = (sig, backbone, proj)
-        return backbone, proj
+    def logits(
+        self, images: torch.Tensor, text_embeddings: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """The head's logits ``[B, K, H/s, W/s]`` of normalised, padded ``images``: the
+        tensor-level path of inference and export (``OpenVocabSegmenter.logits``)."""
+        feats = self.student_features(images)
+        if text_embeddings is not None:
+            text_embeddings = text_embeddings.to(feats.dtype)
+        return self.seg_head(feats, text_embeddings)
 
     def forward(self, batched_inputs: List[dict]):
         if self.training:
             images = self.preprocess(batched_inputs)
             return self.losses(batched_inputs, images, self.student_features(images.tensor))
-        with self._inference_mode():
+        with inference_context():
             images = self.preprocess(batched_inputs)
-            with self._inference_autocast():
-                feats = self.student_features(images.tensor)
-            return self.inference(batched_inputs, images, feats)
+            return self.inference(batched_inputs, images)
 
     def coarse_sem_seg(self, batched_inputs: List[dict]) -> List[CoarseSemSeg]:
         """The head's logits at the feature resolution (stride 8) with the upsampling of
         ``inference``: label and score maps (a softmax of the logits, as ``scores_to_probs``)
         in bounded memory (``modeling.postprocess``)."""
-        with self._inference_mode():
+        with inference_context():
             images = self.preprocess(batched_inputs)
-            with self._inference_autocast():
-                feats = self.student_features(images.tensor)
             return [
                 CoarseSemSeg(logits, size, up)
-                for logits, up, size in self._logits_per_input(batched_inputs, images, feats)
+                for logits, up, size in self._logits_per_input(batched_inputs, images)
             ]
-
-    def _inference_mode(self):
-        """``torch.inference_mode`` where valid: no gradients requested, nothing records."""
-        if not torch.is_grad_enabled() and not is_exporting():
-            return torch.inference_mode()
-        return contextlib.nullcontext()
 
     def _inference_autocast(self):
         """Autocast to ``INFERENCE_DTYPE`` on CUDA; a no-op elsewhere or for float32."""
@@ -362,7 +289,7 @@ class SegStudent(OpenVocabSegmenter):
         if w["loss_ce"] > 0 or w["loss_seg_kd"] > 0:
             text = None
             if self.seg_head.open_vocabulary:
-                text = self._head_text(self.train_vocabulary, feats.dtype)
+                text = self.text_embeddings(self.train_vocabulary).to(feats.dtype)
             logits = self.seg_head(feats, text)
         if w["loss_ce"] > 0:
             if "sem_seg" not in batched_inputs[0]:
@@ -433,18 +360,15 @@ class SegStudent(OpenVocabSegmenter):
         return losses
 
     # ---------------------------------------------------------------- inference
-    def inference(self, batched_inputs, images: ImageList, feats: torch.Tensor) -> List[dict]:
+    def inference(self, batched_inputs, images: ImageList) -> List[dict]:
         """Per-class logits at each input's original size.
 
-        Images sharing a vocabulary go through one head call; the text embeddings come from the
-        per-vocabulary cache (``_head_text``).
+        Images sharing a vocabulary go through one ``logits`` call.
         """
-        return [
-            {"sem_seg": up(logits)}
-            for logits, up, _ in self._logits_per_input(batched_inputs, images, feats)
-        ]
+        per_input = self._logits_per_input(batched_inputs, images)
+        return [{"sem_seg": up(logits)} for logits, up, _ in per_input]
 
-    def _logits_per_input(self, batched_inputs, images: ImageList, feats: torch.Tensor):
+    def _logits_per_input(self, batched_inputs, images: ImageList):
         """Per input: ``(logits [K, h, w] at the feature resolution, upsample, (H, W))`` where
         ``upsample`` brings any slice of classes of the logits to the input's original size
         (bilinear to the padded size, crop, then ``sem_seg_postprocess``)."""
@@ -455,10 +379,10 @@ class SegStudent(OpenVocabSegmenter):
         padded_hw = tuple(images.tensor.shape[-2:])
         results: List[Optional[tuple]] = [None] * len(batched_inputs)
         for vocab, idx in groups.items():
-            text = self._head_text(vocab, feats.dtype) if vocab else None
-            f = feats if len(idx) == len(batched_inputs) else feats[idx]
+            text = self.text_embeddings(vocab) if vocab else None
+            x = images.tensor if len(idx) == len(batched_inputs) else images.tensor[idx]
             with self._inference_autocast():
-                logits = self.seg_head(f, text)
+                logits = self.logits(x, text)
             for j, i in enumerate(idx):
                 x, image_size = batched_inputs[i], tuple(images.image_sizes[i])
                 out_hw = (x.get("height", image_size[0]), x.get("width", image_size[1]))
