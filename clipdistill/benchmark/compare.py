@@ -5,7 +5,7 @@ its own config and gets one row: mIoU on every dataset of its evaluation (``DATA
 from ``OUTPUT_DIR/inference/results.json`` as ``Trainer.test`` writes it, or evaluated now),
 parameters (total, and per image: without the segmenter's ``inference_excluded_modules``), GMACs,
 latency and images/s at a fixed input size and peak memory, all measured by the benchmark harness
-(``core.bench_inference``). The result is written as a Markdown table, JSON, CSV and a plot of
+(``run.bench_inference``). The result is written as a Markdown table, JSON, CSV and a plot of
 accuracy against images/s (log scale), each atomically.
 """
 
@@ -25,7 +25,9 @@ import torch
 from ..config import get_clipdistill_cfg
 from ..utils.errors import ConfigError, DataError
 from ..utils.io import atomic_write, ensure_writable_dir
-from .core import FLOP_CONVENTION, bench_inference, segmenter_target
+from .flops import FLOP_CONVENTION
+from .run import bench_inference
+from .targets import segmenter_target
 
 __all__ = [
     "Entry",

@@ -7,7 +7,8 @@ through this class, never by probing attributes:
   ``vocabulary_for(input)`` (the input's ``dataset_name`` -> its ``stuff_classes``, else the set
   vocabulary, else the training vocabulary); ``open_vocabulary`` (False for a closed-set model);
 * cost accounting: ``inference_excluded_modules`` (submodules that are not per-image inference
-  cost, e.g. a text tower whose output is cached per vocabulary);
+  cost, e.g. a text tower whose output is cached per vocabulary), ``distills_clip_teacher``
+  (the benchmark's distillation modes apply);
 * deployment: the tensor-level path ``logits(images, text_embeddings)`` with
   ``text_embeddings(names)``, ``pixel_mean``/``pixel_std`` and ``size_divisibility``, which
   inference and export share; ``exportable``: whether a segmenter has it (``tools/export_model.py``
@@ -100,6 +101,9 @@ class OpenVocabSegmenter(nn.Module):
 
     #: submodule names whose parameters are not per-image inference cost
     inference_excluded_modules: Tuple[str, ...] = ()
+    #: whether it trains against the frozen CLIP teacher's outputs (``MODEL.CLIPDISTILL.LOSS``,
+    #: ``TEACHER_CACHE``), that teacher (a ``CLIPTeacher``) being its ``teacher``: the student
+    distills_clip_teacher: bool = False
     #: whether some trainable parameters may get no gradient in a step (DDP needs to know)
     find_unused_parameters: bool = False
     #: parameter names (the last component, e.g. "pos_embed") trained with

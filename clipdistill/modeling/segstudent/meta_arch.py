@@ -47,6 +47,7 @@ class SegStudent(OpenVocabSegmenter):
 
     #: the teacher only gives cached text embeddings at inference
     inference_excluded_modules = ("teacher", "seg_teacher")
+    distills_clip_teacher = True
 
     @configurable
     def __init__(
