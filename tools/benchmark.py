@@ -2,8 +2,9 @@
 """Measure the segmenter of --config-file (and of each --segmenter-config file, each built from
 its own config) and the CLIP teacher (global + dense) in one process: parameters, FLOPs (fvcore:
 1 fused multiply-add = 1 flop, i.e. MACs), median latency and images/s, peak memory, and the
-training seconds per iteration with cross-entropy only, with the online teacher and with the
-teacher-output cache.
+training seconds per iteration of the --config-file segmenter (the student: with cross-entropy
+only, with the online teacher and with the teacher-output cache; another architecture: as
+configured).
 
     python tools/benchmark.py \\
         --config-file configs/segstudent/segstudent_effb0_toyclip_voc20toy_300.yaml \\
@@ -14,7 +15,6 @@ Trailing KEY VALUE pairs override the config, as in train_net.py. Random weights
 as trained ones, so no download is needed for timing.
 """
 
-import argparse
 import logging
 import os
 import sys
@@ -25,15 +25,14 @@ from detectron2.utils.logger import setup_logger
 
 from clipdistill.benchmark import format_table, run_benchmark, vocabulary_sweep
 from clipdistill.config import get_clipdistill_cfg
-from clipdistill.utils.cli import add_debug_argument, parse_args_allowing_late_options, run_tool
+from clipdistill.utils.cli import config_argument_parser, parse_config_args, run_tool
 from clipdistill.utils.io import atomic_save_json, ensure_writable_dir
+
+PROG = "benchmark.py"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--config-file", default="", metavar="FILE")
+    p = config_argument_parser(PROG, __doc__)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: MODEL.DEVICE)")
     p.add_argument("--size", type=int, default=512, help="square inference input side")
     p.add_argument("--batch-size", type=int, default=1, help="inference batch size")
@@ -64,14 +63,12 @@ def parse_args(argv=None):
         "--segmenter-config) against vocabulary size (e.g. 5,20,59,150) at each --sweep-sizes",
     )
     p.add_argument("--sweep-sizes", default="224,512", help="image sides of --vocabulary-sweep")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    add_debug_argument(p)
-    return parse_args_allowing_late_options(p, argv)
+    return parse_config_args(p, argv, require_config=False)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return run_tool("benchmark.py", lambda: _run(args), debug=args.debug)
+    return run_tool(PROG, lambda: _run(args), debug=args.debug)
 
 
 def _run(args) -> int:

@@ -19,7 +19,6 @@ traceback).
 import logging
 import sys
 
-from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -27,7 +26,7 @@ from clipdistill.config import get_clipdistill_cfg
 from clipdistill.config import check_datasets_registered
 from clipdistill.data.teacher_cache import TeacherCache, cache_key, dataset_cache_dir
 from clipdistill.engine.teacher_cache import build_teacher_cache
-from clipdistill.utils.cli import add_debug_argument, launch_tool, parse_args_allowing_late_options
+from clipdistill.utils.cli import config_argument_parser, launch_tool, parse_config_args
 
 PROG = "cache_teacher.py"
 
@@ -61,7 +60,7 @@ def main(args):
 
 
 def invoke_main(argv=None) -> int:
-    parser = default_argument_parser()
+    parser = config_argument_parser(PROG, __doc__)
     parser.add_argument(
         "--dataset", action="append", required=True, help="registered dataset (repeat for more)"
     )
@@ -75,8 +74,7 @@ def invoke_main(argv=None) -> int:
         action="store_true",
         help="check every shard's sha256 and that no image changed since the build",
     )
-    add_debug_argument(parser)
-    args = parse_args_allowing_late_options(parser, argv)
+    args = parse_config_args(parser, argv)
     return launch_tool(PROG, main, args)
 
 

@@ -8,7 +8,8 @@ images/s and peak memory, as a Markdown table, JSON, CSV and a plot (accuracy vs
         --entry configs/maskclip/clearclip_vitb16.yaml
 
 Each --entry is "[LABEL=]CONFIG_FILE [KEY VALUE ...]": the segmenter is built from its own config
-and overrides; trailing KEY VALUE pairs (or --opts ...) apply to every entry first. Accuracy is read
+and overrides; trailing KEY VALUE pairs, as in train_net.py, apply to every entry first (the
+earlier "--opts KEY VALUE" still works, with a deprecation message). Accuracy is read
 from each config's OUTPUT_DIR/inference/results.json (written by tools/train_net.py --eval-only);
 --evaluate missing (default) evaluates the entries that have none, --evaluate always re-evaluates,
 --evaluate never only reads. Writes comparison.{md,json,csv,png} in --output-dir.
@@ -29,8 +30,7 @@ from clipdistill.benchmark.compare import (
     run_comparison,
     write_comparison,
 )
-from clipdistill.deploy.cli import split_config_overrides
-from clipdistill.utils.cli import add_debug_argument, run_tool
+from clipdistill.utils.cli import add_debug_argument, run_tool, split_config_overrides
 
 PROG = "compare.py"
 
@@ -65,21 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
         "own test-time resize, as its evaluation sees them)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE")
     add_debug_argument(p)
     return p
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args_part, after_opts = split_config_overrides(argv)
+    # the KEY VALUE overrides common to every entry trail the options (train_net.py's
+    # convention); the entries themselves are one word each
+    words, common = split_config_overrides(argv, PROG)
     parser = build_parser()
-    # the KEY VALUE overrides trail the options (or follow --opts)
-    args, trailing = parser.parse_known_args(args_part)
-    bad = [t for t in trailing if t.startswith("--")]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)}")
-    common = list(trailing) + list(after_opts)
+    args = parser.parse_args(words)
     if len(common) % 2:
         parser.error(f"config overrides must be KEY VALUE pairs, got {common}")
     setup_logger(name="clipdistill")

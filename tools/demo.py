@@ -3,12 +3,13 @@
 
     python tools/demo.py --config-file configs/voc.yaml --input img.jpg imgs/ "more/*.png" \
         --output out/demo --class-names cat "potted plant" grass \
-        --opts MODEL.WEIGHTS out/model_final.pth
+        MODEL.WEIGHTS out/model_final.pth
 
 Per image: <stem>_label.png (palette PNG, pixel = class index), <stem>_overlay.png (blend with a
 legend), with --save-scores <stem>_scores.npz (per-class probabilities); a video gives
 <stem>_overlay.mp4. Without --class-names the training vocabulary (DATASETS.TRAIN[0]) is used.
-Config overrides go last, after --opts. Unreadable inputs are reported and skipped; the exit
+KEY VALUE config overrides go last, as in train_net.py (the earlier "--opts KEY VALUE" still
+works, with a deprecation message). Unreadable inputs are reported and skipped; the exit
 status is 1 when every input failed, 2 for a user error (bad config or class names, missing or
 damaged checkpoint, full disk: one line; --debug shows the traceback).
 """
@@ -19,14 +20,14 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from clipdistill.deploy.cli import check_list_options, config_parser, load_cfg, parse_args
-from clipdistill.utils.cli import report_error, run_tool
+from clipdistill.config import get_clipdistill_cfg
+from clipdistill.utils.cli import config_argument_parser, parse_config_args, report_error, run_tool
 
 PROG = "demo.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = config_parser(PROG, __doc__)
+    parser = config_argument_parser(PROG, __doc__)
     parser.add_argument(
         "--input",
         nargs="+",
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parse_args(parser, argv)
+    args = parse_config_args(parser, argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
     setup_logger(name="clipdistill")
@@ -65,8 +66,7 @@ def _run(args) -> int:
     logger = logging.getLogger("clipdistill.demo")
     from clipdistill.deploy import SegPredictor, run_demo
 
-    check_list_options(args, "class_names")
-    cfg = load_cfg(args)
+    cfg = get_clipdistill_cfg(args.config_file, args.opts)
     predictor = SegPredictor(cfg, class_names=args.class_names)
     logger.info(f"vocabulary ({len(predictor.class_names)}): {predictor.class_names}")
     report = run_demo(

@@ -2,7 +2,7 @@
 """Export the student with a vocabulary baked in (TorchScript and/or ONNX), check it, time it.
 
     python tools/export_model.py --config-file configs/voc.yaml --output out/export \
-        --class-names cat dog "potted plant" --opts MODEL.WEIGHTS out/model_final.pth
+        --class-names cat dog "potted plant" MODEL.WEIGHTS out/model_final.pth
 
 Writes <output>/model.ts (torch.jit.load), <output>/model.onnx (onnxruntime) and
 <output>/export.json (vocabulary, input/output contract, parity and timing). The graph maps a
@@ -10,7 +10,8 @@ float32 [B, 3, H, W] image (0..255, any H and W) to per-class logits [B, K, H, W
 --output-kind labels). Parity: max |logit difference| to the eager model on random images of
 --parity-sizes; the exit status is 1 when it exceeds --tolerance. Timing: median of --runs runs
 (interleaved rounds) after --warmup runs of eager PyTorch, TorchScript and ONNX Runtime on the
-CPU at --bench-size. Config overrides go last, after --opts. A user error (bad config or class
+CPU at --bench-size. KEY VALUE config overrides go last, as in train_net.py (the earlier "--opts
+KEY VALUE" still works, with a deprecation message). A user error (bad config or class
 names, missing or damaged checkpoint, full disk) is one line and exit status 2 (--debug: with its
 traceback).
 """
@@ -23,8 +24,8 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from clipdistill.deploy.cli import check_list_options, config_parser, load_cfg, parse_args
-from clipdistill.utils.cli import report_error, run_tool
+from clipdistill.config import get_clipdistill_cfg
+from clipdistill.utils.cli import config_argument_parser, parse_config_args, report_error, run_tool
 from clipdistill.utils.io import atomic_save_json, ensure_writable_dir
 
 PROG = "export_model.py"
@@ -41,7 +42,7 @@ def _size(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = config_parser(PROG, __doc__)
+    parser = config_argument_parser(PROG, __doc__)
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
     parser.add_argument(
         "--class-names",
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parse_args(parser, argv)
+    args = parse_config_args(parser, argv)
     setup_logger(name="clipdistill")
     return run_tool(PROG, lambda: _run(args, argv), debug=args.debug)
 
@@ -127,8 +128,7 @@ def _run(args, argv) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    check_list_options(args, "class_names")
-    cfg = load_cfg(args)
+    cfg = get_clipdistill_cfg(args.config_file, args.opts)
     predictor = SegPredictor(cfg, class_names=args.class_names)
     model = predictor.model
     module = E.ExportableSegmenter(model, predictor.class_names, output=args.output_kind)

@@ -9,16 +9,21 @@
 
 Labels go to $DETECTRON2_DATASETS/pseudo_labels/<name>/labels/ (or --output-dir), one PNG per
 image, written atomically; a re-run skips the images already labelled. The dataset <name> is
-registered whenever clipdistill is imported. Logic: clipdistill/engine/pseudo_labels.py.
+registered whenever clipdistill is imported. Logic: clipdistill/engine/pseudo_labels.py. A user
+error is one line and exit status 2 (``--debug``: with its traceback).
 """
 
-from detectron2.engine import default_argument_parser, launch
+import sys
+
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from clipdistill.config import get_clipdistill_cfg
 from clipdistill.engine import SegmenterCheckpointer, Trainer
 from clipdistill.engine.pseudo_labels import make_pseudo_labels
-from clipdistill.config import get_clipdistill_cfg
+from clipdistill.utils.cli import config_argument_parser, launch_tool, parse_config_args
+
+PROG = "make_pseudo_labels.py"
 
 
 def main(args):
@@ -32,23 +37,16 @@ def main(args):
         print(f"pseudo-label dataset {args.name!r} registered from {manifest}", flush=True)
 
 
-def invoke_main() -> None:
-    parser = default_argument_parser()
+def invoke_main(argv=None) -> int:
+    parser = config_argument_parser(PROG, __doc__)
     parser.add_argument("--dataset", required=True, help="registered dataset to label")
     parser.add_argument("--name", required=True, help="name of the new (pseudo-label) dataset")
     parser.add_argument(
         "--output-dir", default="", help="default: $DETECTRON2_DATASETS/pseudo_labels/<name>"
     )
-    args = parser.parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    args = parse_config_args(parser, argv)
+    return launch_tool(PROG, main, args)
 
 
 if __name__ == "__main__":
-    invoke_main()  # pragma: no cover
+    sys.exit(invoke_main())  # pragma: no cover

@@ -13,12 +13,11 @@ shows its traceback.
 
 import sys
 
-from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from clipdistill.engine import SegmenterCheckpointer, Trainer, setup
-from clipdistill.utils.cli import add_debug_argument, launch_tool, parse_args_allowing_late_options
+from clipdistill.utils.cli import config_argument_parser, launch_tool, parse_config_args
 
 PROG = "train_net.py"
 
@@ -40,9 +39,7 @@ def main(args):
 
 
 def invoke_main(argv=None) -> int:
-    parser = default_argument_parser()
-    add_debug_argument(parser)
-    args = parse_args_allowing_late_options(parser, argv)
+    args = parse_config_args(config_argument_parser(PROG, __doc__), argv)
     return launch_tool(PROG, main, args)
 
 

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Web demo: upload an image, type class names, see the segmentation overlay and its legend.
 
-    python tools/web_demo.py --config-file configs/voc.yaml --opts MODEL.WEIGHTS out/model_final.pth
+    python tools/web_demo.py --config-file configs/voc.yaml MODEL.WEIGHTS out/model_final.pth
     # then open http://127.0.0.1:7860
 
-Serves a Gradio app on 127.0.0.1 (--host/--port to change). Bad input (no image, an unreadable
-image, empty or duplicated class names) is answered with a message on the page.
+Serves a Gradio app on 127.0.0.1 (--host/--port to change). KEY VALUE config overrides go last,
+as in train_net.py (the earlier "--opts KEY VALUE" still works, with a deprecation message). Bad
+input (no image, an unreadable image, empty or duplicated class names) is answered with a message
+on the page.
 """
 
 import argparse
@@ -14,14 +16,14 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from clipdistill.deploy.cli import check_list_options, config_parser, load_cfg, parse_args
-from clipdistill.utils.cli import run_tool
+from clipdistill.config import get_clipdistill_cfg
+from clipdistill.utils.cli import config_argument_parser, parse_config_args, run_tool
 
 PROG = "web_demo.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = config_parser(PROG, __doc__)
+    parser = config_argument_parser(PROG, __doc__)
     parser.add_argument(
         "--class-names",
         nargs="+",
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parse_args(parser, argv)
+    args = parse_config_args(parser, argv)
     setup_logger(name="clipdistill")
     return run_tool(PROG, lambda: _run(args), debug=args.debug)
 
@@ -47,8 +49,7 @@ def _run(args) -> int:
     from clipdistill.deploy import SegPredictor
     from clipdistill.deploy.web import build_app, launch
 
-    check_list_options(args, "class_names")
-    cfg = load_cfg(args)
+    cfg = get_clipdistill_cfg(args.config_file, args.opts)
     predictor = SegPredictor(cfg, class_names=args.class_names)
     app = build_app(predictor)
     logger.info(f"serving on http://{args.host}:{args.port}")

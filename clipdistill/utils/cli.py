@@ -1,29 +1,42 @@
-"""How every command-line tool ends: one line for a user error (exit status 2), a traceback for
-a bug (exit status 1, Python's default), the traceback of a user error too with ``--debug``.
+"""The command line of every tool: one convention for reading it, one for ending.
 
-Used by ``tools/*.py`` and ``datasets/prepare_*.py``::
+Reading (every tool that takes a config): detectron2's ``default_argument_parser``
+(``--config-file``, ``--num-gpus``, ``--resume``, ``--eval-only``...) plus the tool's options,
+with ``KEY VALUE`` config overrides last (``config_argument_parser``, ``parse_config_args``). An
+override starts at a config key (``MODEL.WEIGHTS``, ``OUTPUT_DIR``...), so it also ends a list
+option (``--class-names cat dog MODEL.WEIGHTS m.pth``), and options may still follow the
+overrides (``... SOLVER.MAX_ITER 2 --resume``). The earlier form, overrides after ``--opts``, is
+still read (everything after it, as before), with a deprecation message.
+
+Ending: one line for a user error (exit status 2), a traceback for a bug (exit status 1,
+Python's default), the traceback of a user error too with ``--debug``. Also used by
+``datasets/prepare_*.py``::
 
     def invoke_main(argv=None) -> int:
-        parser = default_argument_parser()
-        add_debug_argument(parser)
-        args = parse_args_allowing_late_options(parser, argv)
+        parser = config_argument_parser(PROG, __doc__)
+        args = parse_config_args(parser, argv)
         return launch_tool(PROG, main, args)
 """
 
 import argparse
+import functools
 import logging
+import re
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
 
 from .errors import is_user_error, user_message
 
 __all__ = [
     "USER_ERROR_EXIT",
     "add_debug_argument",
+    "config_argument_parser",
+    "parse_config_args",
+    "split_config_overrides",
+    "is_config_key",
     "report_error",
     "run_tool",
     "launch_tool",
-    "parse_args_allowing_late_options",
 ]
 
 #: exit status of a user error (argparse uses 2 for a bad command line as well)
@@ -131,33 +144,86 @@ def launch_tool(prog: str, main: Callable, args) -> int:
     return 0
 
 
-def parse_args_allowing_late_options(
-    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
-) -> argparse.Namespace:
-    """``parser.parse_args`` for detectron2's parser, whose trailing ``opts`` (``KEY VALUE``
-    overrides, ``nargs=REMAINDER``) would otherwise swallow options given after them:
-    ``train_net.py --config-file c.yaml SOLVER.MAX_ITER 2 --resume`` means ``--resume``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    opts: List[str] = list(getattr(args, "opts", None) or [])
-    if not opts:
-        return args
-    head = argv[: len(argv) - len(opts)]
-    moved, rest, i = [], [], 0
-    actions = parser._option_string_actions
-    while i < len(opts):
-        tok = opts[i]
-        name = tok.split("=", 1)[0]
-        action = actions.get(name) if tok.startswith("-") else None
-        if action is None:
-            rest.append(tok)
-            i += 1
+# ------------------------------------------------------------------------------------ reading
+_KEY_RE = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)*")
+
+
+@functools.lru_cache(maxsize=1)
+def _top_level_keys() -> Tuple[FrozenSet[str], FrozenSet[str]]:
+    """``(nodes, leaves)``: the top-level keys of detectron2's config (clipdistill adds none)."""
+    from detectron2.config import CfgNode, get_cfg
+
+    cfg = get_cfg()
+    nodes = frozenset(k for k, v in cfg.items() if isinstance(v, CfgNode))
+    return nodes, frozenset(cfg) - nodes
+
+
+def is_config_key(token: str) -> bool:
+    """Whether ``token`` is spelled as a config override's key: ``MODEL.WEIGHTS`` (a dotted key
+    under a top-level node of the config) or a top-level leaf such as ``OUTPUT_DIR``."""
+    if not _KEY_RE.fullmatch(token):
+        return False
+    nodes, leaves = _top_level_keys()
+    head, dot, _ = token.partition(".")
+    return head in nodes if dot else token in leaves
+
+
+def split_config_overrides(
+    argv: Sequence[str], prog: str = "", warn: bool = True
+) -> Tuple[List[str], List[str]]:
+    """``argv`` -> ``(arguments, KEY VALUE overrides)``: a config key and the word after it are an
+    override, wherever they are. With ``--opts`` (the earlier form, a deprecation message on
+    stderr), the overrides are everything after it and nothing before it, as they were."""
+    argv = list(argv)
+    if "--opts" in argv:  # the earlier form, read as before: any word before --opts is a word
+        if warn:
+            print(
+                f"{prog or 'tool'}: warning: --opts is deprecated: give the KEY VALUE config "
+                "overrides last on the command line, without --opts (detectron2's convention)",
+                file=sys.stderr,
+                flush=True,
+            )
+        i = argv.index("--opts")
+        return argv[:i], argv[i + 1 :]
+    args: List[str] = []
+    opts: List[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if is_config_key(token):
+            opts += argv[i : i + 2]
+            i += 2
             continue
-        nvals = 0 if "=" in tok or action.nargs == 0 else (action.nargs or 1)
-        if not isinstance(nvals, int):
-            nvals = 1
-        moved += opts[i : i + 1 + nvals]
-        i += 1 + nvals
-    if not moved:
-        return args
-    return parser.parse_args(head + moved + rest)
+        args.append(token)
+        i += 1
+    return args, opts
+
+
+def config_argument_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """detectron2's ``default_argument_parser`` for the tool ``prog``, with its module docstring
+    ``doc`` as description (first line) and epilog (the rest), and ``--debug``."""
+    from detectron2.engine import default_argument_parser
+
+    lines = doc.strip().splitlines()
+    parser = default_argument_parser(epilog="\n".join(lines[1:]))
+    parser.prog = prog
+    parser.description = lines[0]
+    add_debug_argument(parser)
+    return parser
+
+
+def parse_config_args(
+    parser: argparse.ArgumentParser,
+    argv: Optional[Sequence[str]] = None,
+    require_config: bool = True,
+) -> argparse.Namespace:
+    """``parser.parse_args`` with the ``KEY VALUE`` overrides (``split_config_overrides``) in
+    ``args.opts`` (loading the config checks them: ``get_clipdistill_cfg``); a missing
+    ``--config-file`` (when ``require_config``) is a usage error (exit status 2)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    words, opts = split_config_overrides(argv, parser.prog)
+    args = parser.parse_args(words)
+    args.opts = opts + list(getattr(args, "opts", None) or [])  # words that name no key last
+    if require_config and not getattr(args, "config_file", ""):
+        parser.error("the following arguments are required: --config-file")
+    return args

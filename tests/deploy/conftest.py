@@ -27,9 +27,9 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_opts(tiny_checkpoint):
-    """``--opts`` and the config overrides of the tiny offline model with its checkpoint (last on
-    a deployment tool's command line)."""
-    return ["--opts"] + list(TINY_OPTS) + ["MODEL.WEIGHTS", tiny_checkpoint]
+    """The config overrides of the tiny offline model with its checkpoint (last on a deployment
+    tool's command line, as on train_net.py's)."""
+    return list(TINY_OPTS) + ["MODEL.WEIGHTS", tiny_checkpoint]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from PIL import Image
 
 from clipdistill.data import SemSegDatasetMapper
 from clipdistill.deploy import SegPredictor, check_class_names, parse_class_names
-from clipdistill.deploy.cli import split_config_overrides
+from clipdistill.utils.cli import split_config_overrides
 from common import REPO, tiny_cfg, write_image
 from deploy_helpers import VOC20_TOY_CONFIG, load_tool
 
@@ -203,21 +203,25 @@ def test_class_name_checks_and_override_splitting():
     for bad in ("", " , ", "cat,,dog", "cat, cat"):
         with pytest.raises(ValueError):
             parse_class_names(bad)
-    # overrides only after --opts: any word is a class name, even one spelled like a key
+    # trailing overrides (train_net.py's convention): a config key ends the list of names, and
+    # any other word is a name (an override's value may look like anything)
     args, opts = split_config_overrides(
-        ["--class-names", "SEED", "cat", "--opts", "MODEL.WEIGHTS", "m.pth", "INPUT.FORMAT", "RGB"]
+        ["--class-names", "Seed", "cat", "MODEL.WEIGHTS", "m.pth", "OUTPUT_DIR", "--x", "--resume"]
     )
-    assert args == ["--class-names", "SEED", "cat"]
-    assert opts == ["MODEL.WEIGHTS", "m.pth", "INPUT.FORMAT", "RGB"]
-    assert split_config_overrides(["--class-names", "SEED", "cat"]) == (
-        ["--class-names", "SEED", "cat"],
-        [],
+    assert args == ["--class-names", "Seed", "cat", "--resume"]
+    assert opts == ["MODEL.WEIGHTS", "m.pth", "OUTPUT_DIR", "--x"]
+    # the earlier form: everything after --opts (so any word before it is a name), deprecated
+    args, opts = split_config_overrides(
+        ["--class-names", "SEED", "cat", "--opts", "MODEL.WEIGHTS", "m.pth"], warn=False
     )
+    assert args == ["--class-names", "SEED", "cat"] and opts == ["MODEL.WEIGHTS", "m.pth"]
 
 
-def test_demo_command_line(tmp_path, images, tiny_opts):
-    """The real command: KEY VALUE overrides after --opts, following a list of class names (one a
-    phrase), a missing input reported by name."""
+@pytest.mark.parametrize("form", ["trailing", "--opts"])
+def test_demo_command_line(tmp_path, images, tiny_opts, form):
+    """The real command: KEY VALUE overrides last, following a list of class names (one a
+    phrase), a missing input reported by name; the earlier form (overrides after --opts) still
+    works, with a deprecation message."""
     out = tmp_path / "out"
     missing = str(tmp_path / "nope.jpg")
     proc = subprocess.run(
@@ -234,6 +238,7 @@ def test_demo_command_line(tmp_path, images, tiny_opts):
             "--class-names",
             "cat",
             "potted plant",
+            *(["--opts"] if form == "--opts" else []),
             *tiny_opts,
         ],
         cwd=REPO,
@@ -248,6 +253,7 @@ def test_demo_command_line(tmp_path, images, tiny_opts):
     assert (out / "b_label.png").exists() and (out / "b_overlay.png").exists()
     assert missing in log and "1 of 2 inputs failed" in log
     assert "segmenting" in log  # tqdm progress bar
+    assert ("--opts is deprecated" in log) == (form == "--opts")
 
 
 def test_predictor_feeds_bgr_models_bgr(tiny_checkpoint):

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipdistill.deploy.cli import config_keys
-from clipdistill.config import get_clipdistill_cfg
-from clipdistill.config import validate_config
+from detectron2.config import CfgNode, get_cfg
+
+from clipdistill.config import add_clipdistill_config, get_clipdistill_cfg, validate_config
 from clipdistill.utils.errors import ConfigError, UserError
 from common import VOC20_TOY_CONFIG, tiny_cfg
 
@@ -59,7 +59,20 @@ def test_all_problems_in_one_message_and_world_size():
     validate_config(tiny_cfg(), training=True, world_size=2)  # the toy config is valid
 
 
-KEYS = sorted(config_keys())
+def _config_keys():
+    cfg = get_cfg()
+    add_clipdistill_config(cfg)
+
+    def walk(node, prefix=""):
+        for k, v in node.items():
+            yield prefix + k
+            if isinstance(v, CfgNode):
+                yield from walk(v, prefix + k + ".")
+
+    return sorted(walk(cfg))
+
+
+KEYS = _config_keys()
 VALUES = st.one_of(
     st.text(max_size=12),
     st.integers(-(2**40), 2**40).map(str),

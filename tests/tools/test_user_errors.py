@@ -117,7 +117,6 @@ def _demo(w, *extra, opts=()):
         str(w["root"] / "demo_out"),
         "--no-progress",
         *extra,
-        "--opts",
         *TINY_OPTS,
         "MODEL.WEIGHTS",
         w["good_ckpt"],
@@ -294,8 +293,8 @@ CASES = [
     (
         "demo: override among class names",
         demo,
-        lambda w: _demo(w, "--class-names", "cat", "MODEL.WEIGHTS", "m.pth"),
-        "after --opts",
+        lambda w: _demo(w, "--class-names", "cat", "MODEL.NOT_A_KEY", "1"),
+        "MODEL.NOT_A_KEY",  # an override ends the list of names
     ),
     ("demo: duplicated names", demo, lambda w: _demo(w, "--class-names", "a", "a"), "duplicated"),
     (
@@ -350,7 +349,7 @@ CASES = [
     (
         "export: missing weights",
         export,
-        lambda w: ["--config-file", TOY_CFG, "--output", str(w["root"] / "exp"), "--opts"]
+        lambda w: ["--config-file", TOY_CFG, "--output", str(w["root"] / "exp")]
         + TINY_OPTS
         + ["MODEL.WEIGHTS", "/nope/w.pth"],
         "/nope/w.pth",
@@ -358,7 +357,7 @@ CASES = [
     (
         "export: output is a file",
         export,
-        lambda w: ["--config-file", TOY_CFG, "--output", str(w["root"] / "a_file"), "--opts"]
+        lambda w: ["--config-file", TOY_CFG, "--output", str(w["root"] / "a_file")]
         + TINY_OPTS
         + ["MODEL.WEIGHTS", w["good_ckpt"]],
         "a_file",
@@ -441,12 +440,10 @@ def test_debug_shows_the_traceback(world):
 
 def test_options_after_the_overrides_are_options(world):
     """``SOLVER.MAX_ITER 2 --resume`` (an option after the overrides) is not an "odd length"."""
-    from detectron2.engine import default_argument_parser
+    from clipdistill.utils.cli import config_argument_parser, parse_config_args
 
-    from clipdistill.utils.cli import parse_args_allowing_late_options
-
-    parser = default_argument_parser()
-    args = parse_args_allowing_late_options(
+    parser = config_argument_parser("train_net.py", "Train.\n")
+    args = parse_config_args(
         parser, ["--config-file", "c.yaml", "SOLVER.MAX_ITER", "2", "--resume", "--num-gpus", "2"]
     )
     assert args.resume and args.num_gpus == 2 and args.opts == ["SOLVER.MAX_ITER", "2"]
