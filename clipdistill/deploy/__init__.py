@@ -6,7 +6,6 @@ from .demo import DemoReport, expand_inputs, run_demo
 from .predictor import (
     SegPredictor,
     SegResult,
-    check_class_names,
     parse_class_names,
     read_image_rgb,
 )
@@ -15,7 +14,6 @@ __all__ = [
     "DemoReport",
     "SegPredictor",
     "SegResult",
-    "check_class_names",
     "expand_inputs",
     "parse_class_names",
     "read_image_rgb",

@@ -34,7 +34,6 @@ __all__ = [
     "SegPredictor",
     "SegResult",
     "ScoreMaps",
-    "check_class_names",
     "parse_class_names",
     "read_image_rgb",
 ]

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from clipdistill.data import SemSegDatasetMapper
-from clipdistill.deploy import SegPredictor, check_class_names, parse_class_names
+from clipdistill.deploy import SegPredictor, parse_class_names
+from clipdistill.modeling.clip.text import check_class_names
 from clipdistill.utils.cli import split_config_overrides
 from common import REPO, tiny_cfg, write_image
 from deploy_helpers import VOC20_TOY_CONFIG, load_tool

@@ -17,7 +17,7 @@ from clipdistill.modeling.clip import loader as clip_loader  # noqa: E402
 from clipdistill.modeling.clip import vit  # noqa: E402
 from clipdistill.modeling.clip.dense import dense_features  # noqa: E402
 from clipdistill.modeling.clip import PROMPT_TEMPLATES, TOY_MODEL_NAME  # noqa: E402
-from clipdistill.modeling.teacher import CLIPTeacher, build_clip_teacher  # noqa: E402
+from clipdistill.modeling.teacher import CLIPTeacher  # noqa: E402
 
 C = 64  # joint width of the toy model
 
@@ -159,7 +159,7 @@ def test_dense_method_is_configurable(method):
             method,
         ]
     )
-    t = build_clip_teacher(cfg)
+    t = CLIPTeacher(cfg)
     assert t.dense_method == method
     x = _images(1, 96, 128)
     expected = dense_features(t.model.visual, _normalise(t, x), method)
@@ -413,7 +413,7 @@ def test_from_config():
     cfg.MODEL.CLIPDISTILL.TEACHER.WEIGHTS = ""
     cfg.MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE = 320
     cfg.MODEL.CLIPDISTILL.TEACHER.TEMPLATES = "single"
-    t = build_clip_teacher(cfg)
+    t = CLIPTeacher(cfg)
     assert isinstance(t, CLIPTeacher)
     assert (t.image_size, t.dense_image_size, t.templates) == (224, 320, "single")
     assert t.encode_image_dense(_images(1)).shape == (1, C, 20, 20)

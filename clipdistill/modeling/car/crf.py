@@ -11,8 +11,6 @@ The joint CRF of the official semantic mode: the unary is ``-log`` of
 arg-max, and mask k is ``label == k + 1``.
 """
 
-from typing import Sequence
-
 import numpy as np
 
 __all__ = ["dense_crf_masks", "crf_image"]
@@ -96,9 +94,3 @@ def dense_crf_masks(
     label = np.argmax(q, axis=0)
     count = k if keep_all_masks else int(label.max())
     return (label[None] == np.arange(1, count + 1)[:, None, None]).astype(np.float32)
-
-
-def check_crf_params(values: Sequence[float], key: str) -> None:
-    for v in values:
-        if not v > 0:
-            raise ValueError(f"{key}: CRF parameters must be positive, got {list(values)}.")

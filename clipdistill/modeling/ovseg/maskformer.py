@@ -26,13 +26,14 @@ from torch import nn
 
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 
+from ..layers import MLP
+
 __all__ = [
     "BasePixelDecoder",
     "PositionEmbeddingSine",
     "TransformerDecoder",
     "OpenVocabPredictor",
     "OVSegHead",
-    "MLP",
 ]
 
 
@@ -188,23 +189,6 @@ class _DecoderHolder(nn.Module):
     def __init__(self, decoder: TransformerDecoder):
         super().__init__()
         self.decoder = decoder
-
-
-class MLP(nn.Module):
-    """``num_layers`` linear layers with ReLU between them (DETR's FFN heads)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        outs = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, outs))
-
-    def forward(self, x):
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
 
 
 class OpenVocabPredictor(nn.Module):

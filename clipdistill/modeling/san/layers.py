@@ -1,6 +1,6 @@
-"""Small building blocks of SAN: the MLP of the mask decoder and the CLIP -> side-adapter fusion."""
+"""Small building blocks of SAN: the CLIP -> side-adapter fusion."""
 
-from typing import Callable, Tuple
+from typing import Tuple
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -8,34 +8,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
-__all__ = ["MLP", "AddFusion"]
-
-
-class MLP(nn.Module):
-    """``num_layers`` affine layers (``nn.Linear``, or any ``affine(in, out)`` factory such as a
-    1x1 convolution) with ReLU between them (not after the last). Parameters: ``layers.<i>``."""
-
-    def __init__(
-        self,
-        input_dim: int,
-        hidden_dim: int,
-        output_dim: int,
-        num_layers: int,
-        affine: Callable[[int, int], nn.Module] = nn.Linear,
-    ):
-        super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"MLP: num_layers={num_layers} must be >= 1")
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(affine(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < last:
-                x = F.relu(x)
-        return x
+__all__ = ["AddFusion", "conv1x1"]
 
 
 def conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:

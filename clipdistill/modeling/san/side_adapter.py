@@ -23,7 +23,8 @@ from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .layers import MLP, AddFusion, conv1x1
+from ..layers import MLP
+from .layers import AddFusion, conv1x1
 
 __all__ = ["SideAdapterNetwork", "MLPMaskDecoder", "parse_fusion_map", "ADAPTER_VITS"]
 

@@ -24,23 +24,17 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
+from timm.layers import to_2tuple
 from torch import nn
 
 from ...utils.errors import ConfigError
 from ..clip import vit
 from ..clip.dense import DENSE_METHODS, dense_features
-from ..clip.loader import MODEL_CONFIG_DIR, TOY_MODEL_NAME, clip_pixel_stats, load_open_clip
-from ..clip.text import PROMPT_TEMPLATES, TextEncoder, check_class_names
+from ..clip.loader import clip_pixel_stats, load_open_clip
+from ..clip.text import PROMPT_TEMPLATES, TextEncoder
 from .frozen import FrozenAuxiliary
 
-__all__ = [
-    "CLIPTeacher",
-    "build_clip_teacher",
-    "check_class_names",
-    "PROMPT_TEMPLATES",
-    "MODEL_CONFIG_DIR",
-    "TOY_MODEL_NAME",
-]
+__all__ = ["CLIPTeacher", "TEACHER_KEY"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +121,7 @@ class CLIPTeacher(FrozenAuxiliary):
         self.weights_identity = identity
 
         visual = vit.unwrap_tower(model.visual)
-        self._native_size = _to_2tuple(getattr(visual, "image_size", 224))
+        self._native_size = to_2tuple(getattr(visual, "image_size", 224))
         # Normalisation constants of the CLIP model's own preprocessing (0..255 scale).
         mean, std = clip_pixel_stats(visual)
         self.register_buffer("pixel_mean", mean, False)
@@ -263,7 +257,7 @@ class CLIPTeacher(FrozenAuxiliary):
         patch = self.patch_size
         if size is None:
             size = self.dense_image_size
-        hw = _to_2tuple(size)
+        hw = to_2tuple(size)
         hw = tuple(max(patch, int(math.floor(s / patch + 0.5)) * patch) for s in hw)
         x = self._preprocess(images, hw)
         feats = dense_features(self.model.visual, x, self.dense_method)
@@ -312,7 +306,7 @@ class CLIPTeacher(FrozenAuxiliary):
     @staticmethod
     def _infer_patch_size(visual: nn.Module) -> Optional[int]:
         if isinstance(visual, VisionTransformer) or hasattr(visual, "dense_embeddings"):
-            ph, pw = _to_2tuple(visual.patch_size)
+            ph, pw = to_2tuple(visual.patch_size)
             if ph != pw:
                 return None
             return int(ph)
@@ -327,24 +321,3 @@ class CLIPTeacher(FrozenAuxiliary):
                 f"{self.model_name!r}."
             )
         return side
-
-
-def _to_2tuple(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2:
-        raise ValueError(f"Expected an int or (H, W), got {size!r}.")
-    return size  # type: ignore[return-value]
-
-
-def build_clip_teacher(cfg) -> CLIPTeacher:
-    """Build the frozen CLIP teacher from ``cfg.MODEL.CLIPDISTILL.TEACHER``.
-
-    Args:
-        cfg: a detectron2 config extended by ``add_clipdistill_config``.
-
-    Returns:
-        The ``CLIPTeacher``.
-    """
-    return CLIPTeacher(cfg)
