@@ -4,8 +4,9 @@
     python tools/visualize_json_results.py --input out/inference/sem_seg_predictions.json \
         --output viz --dataset voc20_sem_seg_val [--limit 20] [--min-area 0]
 
-Writes one PNG per image: input | prediction | ground truth, in the dataset's colours
-(stuff_colors) with its class names. Category ids are mapped back through the dataset's
+Writes one PNG per image: input | prediction | ground truth | legend, in the dataset's colours
+(stuff_colors); the legend lists the classes present (unseen ones marked) with their shares of
+the prediction and the ground truth; images smaller than --min-side are enlarged. Category ids are mapped back through the dataset's
 stuff_dataset_id_to_contiguous_id when it has one (COCO-Stuff). Missing images are reported and
 skipped; the exit status is 1 when no image could be rendered, 2 for a bad --input or --dataset
 (one line; --debug shows the traceback).
@@ -42,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not draw connected regions smaller than this many pixels",
     )
     parser.add_argument("--alpha", type=float, default=0.6, help="opacity of the class colours")
+    parser.add_argument(
+        "--min-side",
+        type=int,
+        default=256,
+        help="enlarge smaller images (integer factor, nearest neighbour) to at least this side",
+    )
     add_debug_argument(parser)
     return parser
 
@@ -61,6 +68,7 @@ def _run(args) -> int:
         limit=args.limit,
         min_area=args.min_area,
         alpha=args.alpha,
+        min_side=args.min_side,
     )
     for file_name, why in failed:
         logger.warning(f"Skipped {file_name}: {why}")

@@ -14,7 +14,7 @@ from PIL import Image
 from ..data import read_sem_seg_label
 from ..utils.errors import ConfigError, ConfigKeyError, DataError
 from ..utils.io import atomic_write, ensure_writable_dir
-from ..utils.visualize import draw_sem_seg, side_by_side, titled
+from ..utils.visualize import class_colors, compare_panels
 
 __all__ = ["load_sem_seg_predictions", "render_prediction_file"]
 
@@ -116,9 +116,12 @@ def render_prediction_file(
     min_area: int = 0,
     alpha: float = 0.6,
     progress: bool = True,
+    min_side: int = 256,
 ) -> Tuple[List[str], List[Tuple[str, str]]]:
     """Render ``sem_seg_predictions.json`` of ``dataset_name`` as ``image | prediction | ground
-    truth`` PNGs (one per image, named after the image) in ``output_dir``.
+    truth | legend`` PNGs (one per image, named after the image) in ``output_dir``
+    (``utils.visualize.compare_panels``: masks as colours, a legend of the classes present beside
+    them with unseen classes marked, images below ``min_side`` pixels enlarged).
 
     Category ids are mapped back through the dataset's ``stuff_dataset_id_to_contiguous_id`` when
     it has one; colours and names come from its ``stuff_colors`` / ``stuff_classes``. An image
@@ -128,6 +131,7 @@ def render_prediction_file(
     Args:
         limit: render at most this many images (0: all), in file-name order.
         min_area: connected regions smaller than this (pixels) are not drawn.
+        min_side: enlarge images whose shorter side is below this (integer factor, nearest).
 
     Returns:
         ``(written PNG paths, [(image, reason)] of the skipped images)``.
@@ -150,6 +154,9 @@ def render_prediction_file(
     if meta.get("stuff_classes", None) is None:
         raise ConfigError(f"dataset {dataset_name!r} has no stuff_classes (not a sem_seg dataset?)")
     preds = load_sem_seg_predictions(json_path, meta.get("stuff_dataset_id_to_contiguous_id", None))
+    names = list(meta.stuff_classes)
+    colors = class_colors(len(names), meta.get("stuff_colors", None))
+    unseen = meta.get("unseen_classes", None) or ()
     records = DatasetCatalog.get(dataset_name)
     gt_files = {d["file_name"]: d.get("sem_seg_file_name") for d in records}
     by_base = {os.path.basename(d["file_name"]): d["file_name"] for d in records}
@@ -176,19 +183,26 @@ def render_prediction_file(
                 (file_name, f"prediction {pred.shape} and image {image.shape[:2]} sizes differ")
             )
             continue
-        panels = [
-            titled(image, os.path.basename(file_name)),
-            titled(draw_sem_seg(image, pred, meta, min_area, alpha), "prediction"),
-        ]
+        gt = None
         gt_path = gt_files.get(image_path) or gt_files.get(file_name)
         if gt_path and os.path.isfile(gt_path):
             gt = read_sem_seg_label(gt_path)
-            if gt.shape == pred.shape:
-                panels.append(
-                    titled(draw_sem_seg(image, gt, meta, min_area, alpha), "ground truth")
-                )
+            if gt.shape != pred.shape:
+                gt = None
+        panel = compare_panels(
+            image,
+            pred,
+            names,
+            colors,
+            ground_truth=gt,
+            title=os.path.basename(file_name),
+            unseen=unseen,
+            min_side=min_side,
+            alpha=alpha,
+            min_area=min_area,
+        )
         out = os.path.join(output_dir, os.path.splitext(os.path.basename(file_name))[0] + ".png")
         with atomic_write(out) as f:
-            Image.fromarray(side_by_side(panels)).save(f, format="PNG")
+            Image.fromarray(panel).save(f, format="PNG")
         written.append(out)
     return written, failed

@@ -1,7 +1,8 @@
-"""Drawing of label maps: detectron2's ``Visualizer`` with region names (``draw_sem_seg``, used by
-``clipdistill.evaluation.visualize`` for ``tools/visualize_json_results.py``), indexed-colour
-label maps and fast blended overlays with a legend (the deployment tools: ``tools/demo.py``,
-``tools/web_demo.py``), and fonts for class names in any script. Nothing here reads a dataset.
+"""Drawing of label maps: side-by-side comparisons of a prediction and its ground truth with a legend beside them, small
+images upscaled (``compare_panels``, used by ``clipdistill.evaluation.visualize`` for
+``tools/visualize_json_results.py``), indexed-colour label maps and fast blended overlays with a
+legend (the deployment tools: ``tools/demo.py``, ``tools/web_demo.py``), and fonts for class names
+in any script. Nothing here reads a dataset.
 
 Label maps hold contiguous class indices ``0..K-1``; any other value (negative "no prediction",
 the ignore label 255/65535, ...) is treated as unlabelled and never drawn.
@@ -15,12 +16,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from detectron2.utils.visualizer import ColorMode, Visualizer
-
 from .colors import deterministic_colors
 
 __all__ = [
-    "draw_sem_seg",
     "side_by_side",
     "class_colors",
     "colorize_label",
@@ -28,34 +26,18 @@ __all__ = [
     "overlay_with_legend",
     "classes_present",
     "font_for",
-    "titled",
+    "upscale_factor",
+    "drop_small_regions",
+    "blend",
+    "legend_panel",
+    "legend_entries",
+    "compare_panels",
 ]
 
 
 # ------------------------------------------------------------------------------------------------
-# detectron2 Visualizer (region labels written on the image)
+# panels
 # ------------------------------------------------------------------------------------------------
-def _unlabelled_to(label: np.ndarray, num_classes: int) -> np.ndarray:
-    """``label`` with every value outside ``[0, num_classes)`` replaced by ``num_classes``."""
-    label = np.asarray(label).astype(np.int64)
-    return np.where((label >= 0) & (label < num_classes), label, num_classes)
-
-
-def draw_sem_seg(
-    image_rgb: np.ndarray, label: np.ndarray, metadata, min_area: int = 0, alpha: float = 0.6
-) -> np.ndarray:
-    """Overlay ``label`` with the dataset's colours (``stuff_colors``) and class names.
-
-    Values outside ``[0, len(stuff_classes))`` (no prediction, ignore label) are not drawn
-    (detectron2's ``Visualizer`` would draw negative values with the last class's colour).
-    Connected regions smaller than ``min_area`` pixels are not drawn. Returns RGB uint8.
-    """
-    num_classes = len(metadata.stuff_classes)
-    vis = Visualizer(image_rgb, metadata, instance_mode=ColorMode.IMAGE)
-    out = vis.draw_sem_seg(_unlabelled_to(label, num_classes), area_threshold=min_area, alpha=alpha)
-    return out.get_image()
-
-
 def side_by_side(panels: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
     """Concatenate RGB images horizontally (padded at the bottom to one height) with white gaps."""
     h = max(p.shape[0] for p in panels)
@@ -281,14 +263,160 @@ def overlay_with_legend(
     return np.asarray(Image.alpha_composite(canvas, layer).convert("RGB"))
 
 
-def titled(panel: np.ndarray, title: str) -> np.ndarray:
-    """``panel`` (same size) with ``title`` on a white box in its bottom-left corner."""
-    h, w = panel.shape[:2]
-    size = int(np.clip(min(h, w) / 14, 8, 20))
+# ------------------------------------------------------------------------------------------------
+# comparisons: image | prediction | ground truth, upscaled, with a legend beside them
+# ------------------------------------------------------------------------------------------------
+def upscale_factor(hw: Tuple[int, int], min_side: int) -> int:
+    """The integer factor that brings the shorter side of ``hw`` to at least ``min_side``
+    (1 when it already is): small images are enlarged with nearest-neighbour sampling, so
+    that each pixel stays one visible block."""
+    short = max(1, min(int(hw[0]), int(hw[1])))
+    return max(1, -(-int(min_side) // short))
+
+
+def _nearest(array: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return array
+    return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
+
+
+def drop_small_regions(label: np.ndarray, num_classes: int, min_area: int) -> np.ndarray:
+    """``label`` (int64) with every connected region (8-connectivity) of a class smaller than
+    ``min_area`` pixels set to -1 (unlabelled, not drawn)."""
+    import cv2
+
+    label = np.asarray(label).astype(np.int64)
+    if min_area <= 1:
+        return label
+    out = label.copy()
+    for c in np.unique(label):
+        if not 0 <= c < num_classes:
+            continue
+        n, comp, stats, _ = cv2.connectedComponentsWithStats((label == c).astype(np.uint8), 8)
+        small = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] < min_area) + 1
+        if small.size:
+            out[np.isin(comp, small)] = -1
+    return out
+
+
+def blend(image_rgb: np.ndarray, label: np.ndarray, colors: np.ndarray, alpha: float) -> np.ndarray:
+    """The image with the class colours of ``label`` blended in at opacity ``alpha``
+    (unlabelled values are left as they are)."""
+    rgb, valid = colorize_label(label, colors)
+    out = np.asarray(image_rgb).astype(np.float32)
+    out[valid] = (1 - alpha) * out[valid] + alpha * rgb[valid].astype(np.float32)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _header(panel: np.ndarray, title: str, size: int) -> np.ndarray:
+    """``panel`` with ``title`` written on a white strip above it (never over the image)."""
     font = font_for(title, size)
-    im = Image.fromarray(np.ascontiguousarray(panel))
-    draw = ImageDraw.Draw(im)
-    tw = draw.textlength(title, font=font)
-    draw.rectangle([0, h - size - 4, min(w, tw + 6), h], fill=(255, 255, 255))
-    draw.text((3, h - size - 3), title, font=font, fill=(0, 0, 0))
-    return np.asarray(im)
+    strip = Image.new("RGB", (panel.shape[1], size + 6), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    text = title
+    while text and draw.textlength(text, font=font) > panel.shape[1] - 4:
+        text = text[:-2] + "…" if len(text) > 2 else ""
+    draw.text((2, 2), text, font=font, fill=(0, 0, 0))
+    return np.concatenate([np.asarray(strip), panel], axis=0)
+
+
+def legend_panel(
+    entries: Sequence[Tuple[Sequence[int], str]], height: int, size: int = 14, min_width: int = 120
+) -> np.ndarray:
+    """A white panel of ``height`` pixels listing ``(colour, text)`` entries: a colour swatch and
+    the text per line. Lines that do not fit are summarised as ``+N more``."""
+    pad = max(2, size // 3)
+    row_h = size + pad
+    fit = max(1, (height - pad) // row_h)
+    shown = list(entries)
+    more = 0
+    if len(shown) > fit:
+        shown, more = shown[: fit - 1], len(shown) - (fit - 1)
+    texts = [t for _, t in shown] + ([f"+{more} more"] if more else [])
+    font = font_for("".join(texts) or "x", size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max([probe.textlength(t, font=font) for t in texts] + [0])
+    width = int(max(min_width, 3 * pad + size + text_w + pad))
+    panel = Image.new("RGB", (width, max(height, row_h + pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    y = pad
+    for colour, text in shown:
+        c = tuple(int(v) for v in list(colour)[:3])
+        draw.rectangle([pad, y, pad + size, y + size], fill=c, outline=(0, 0, 0))
+        draw.text((2 * pad + size, y), text, font=font, fill=(0, 0, 0))
+        y += row_h
+    if more:
+        draw.text((pad, y), f"+{more} more", font=font, fill=(0, 0, 0))
+    return np.asarray(panel)
+
+
+_SHORT = {"prediction": "pred", "ground truth": "gt"}
+
+
+def legend_entries(
+    maps: Sequence[Tuple[str, np.ndarray]], class_names: Sequence[str], unseen: Sequence[str] = ()
+) -> List[Tuple[int, str]]:
+    """``[(class index, text)]`` for every class present in any of the named label maps
+    (``("prediction", map)``, ``("ground truth", map)``), largest share first: the name,
+    ``(unseen)`` for names in ``unseen``, and the class's share of each map it is in."""
+    k = len(class_names)
+    shares: dict = {}
+    for what, m in maps:
+        total = float(np.asarray(m).size)
+        for c, n in classes_present(m, k):
+            shares.setdefault(c, {})[what] = 100.0 * n / total
+    unseen = set(unseen)
+    out = []
+    for c in sorted(shares, key=lambda c: (-max(shares[c].values()), c)):
+        parts = [f"{_SHORT.get(w, w)} {shares[c][w]:.0f}%" for w, _ in maps if w in shares[c]]
+        name = class_names[c] + (" (unseen)" if class_names[c] in unseen else "")
+        out.append((c, f"{name}: {', '.join(parts)}"))
+    return out
+
+
+def compare_panels(
+    image_rgb: np.ndarray,
+    prediction: np.ndarray,
+    class_names: Sequence[str],
+    colors: np.ndarray,
+    ground_truth: Optional[np.ndarray] = None,
+    title: str = "",
+    unseen: Sequence[str] = (),
+    min_side: int = 256,
+    alpha: float = 0.6,
+    min_area: int = 0,
+) -> np.ndarray:
+    """``image | prediction | ground truth | legend`` as one RGB image.
+
+    The masks are drawn as colours only (no text over them); the legend beside the panels lists
+    every class present in the prediction or the ground truth (largest first), each with its
+    colour swatch, its name, ``(unseen)`` for the names in ``unseen``, and its share of the
+    prediction and of the ground truth. Images whose shorter side is below ``min_side`` are
+    enlarged by an integer factor with nearest-neighbour sampling (``upscale_factor``).
+
+    Args:
+        image_rgb: uint8 ``[H, W, 3]``. prediction / ground_truth: ``[H, W]`` class indices
+            (values outside ``[0, K)`` are not drawn: no prediction, the ignore label).
+        class_names / colors: the vocabulary and its ``[K, 3]`` uint8 colours.
+        min_area: connected regions smaller than this many pixels are not drawn.
+    """
+    image = np.asarray(image_rgb)
+    k = len(class_names)
+    maps = [("prediction", np.asarray(prediction))]
+    if ground_truth is not None:
+        maps.append(("ground truth", np.asarray(ground_truth)))
+    for what, m in maps:
+        if m.shape != image.shape[:2]:
+            raise ValueError(f"{what} {m.shape} and image {image.shape[:2]} sizes differ")
+    f = upscale_factor(image.shape[:2], min_side)
+    size = int(np.clip(min(image.shape[:2]) * f / 18, 11, 22))
+    panels = [_header(_nearest(image, f), title or "image", size)]
+    drawn = []
+    for what, m in maps:
+        m = drop_small_regions(m, k, min_area)
+        drawn.append((what, m))
+        panels.append(_header(_nearest(blend(image, m, colors, alpha), f), what, size))
+    entries = [(colors[c], text) for c, text in legend_entries(drawn, class_names, unseen)]
+    height = panels[0].shape[0]
+    panels.append(_header(legend_panel(entries, height - size - 6, size), "classes", size))
+    return side_by_side(panels)

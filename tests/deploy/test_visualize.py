@@ -19,7 +19,13 @@ from clipdistill.data.datasets.register_voc import register_voc
 from clipdistill.data.voc20_toy import generate_toy_voc
 from clipdistill.engine import SegmenterCheckpointer, Trainer
 from clipdistill.evaluation.visualize import load_sem_seg_predictions
-from clipdistill.utils.visualize import draw_sem_seg
+from clipdistill.utils.visualize import (
+    blend,
+    class_colors,
+    compare_panels,
+    legend_entries,
+    upscale_factor,
+)
 from common import tiny_cfg, write_image
 from deploy_helpers import load_tool
 
@@ -67,7 +73,9 @@ def test_renders_predictions_of_an_evaluation_run(toy_eval, tmp_path):
         os.path.splitext(os.path.basename(f))[0] for f in preds
     )
     im = Image.open(files[0])
-    assert im.size[1] == 64 and im.size[0] == 3 * 64 + 2 * 4  # image | prediction | ground truth
+    # image | prediction | ground truth | legend, the 64-pixel images enlarged 4x, a title strip
+    # above each panel
+    assert im.size[1] > 256 and im.size[0] > 3 * 256 + 3 * 4
 
     # --limit and --min-area
     out2 = tmp_path / "viz2"
@@ -91,10 +99,10 @@ def test_renders_predictions_of_an_evaluation_run(toy_eval, tmp_path):
     files2 = sorted(out2.glob("*.png"))
     assert len(files2) == 2
     panels = np.asarray(Image.open(files2[0]).convert("RGB"))
-    image = panels[:, :64]
+    top = panels.shape[0] - 256  # the title strip
+    image = panels[top:, :256]
     # with --min-area larger than the image, no region is drawn: prediction panel == the image
-    # (except for the title box in its bottom-left corner)
-    assert np.array_equal(panels[:40, 68:132], image[:40])
+    assert np.array_equal(panels[top:, 260:516], image)
 
 
 def test_missing_image_is_reported_and_skipped(toy_eval, tmp_path, log_messages):
@@ -223,22 +231,54 @@ def test_non_contiguous_dataset_ids_are_mapped_back(coco_like, tmp_path):
         == 0
     )
     im = np.asarray(Image.open(out / "im0.png").convert("RGB"))
-    assert im.shape == (48, 3 * 64 + 8, 3)
-    pred_panel, gt_panel = im[:34, 68:132], im[:34, 136:200]  # above the panel titles
+    f = upscale_factor((48, 64), 256)  # 6: the 48-pixel side reaches 256
+    top = im.shape[0] - 48 * f
+    w = 64 * f
+    pred_panel = im[top:, w + 4 : 2 * w + 4]
+    gt_panel = im[top:, 2 * w + 8 : 3 * w + 8]
     # prediction == ground truth in im0: both panels are drawn identically
     assert np.array_equal(pred_panel, gt_panel)
     colors = MetadataCatalog.get(COCO_LIKE).stuff_colors
     image = np.asarray(Image.open(root / "images" / "im0.jpg").convert("RGB")).astype(float)
     # class "road" (id 40 -> index 3) is absent from im0, "sky" (12 -> 2) fills its corner: the
     # corner's colour is pulled towards sky's colour, not road's
-    corner = im[40:46, 120:130].astype(float) - image[40:46, 52:62]
+    corner = pred_panel[40 * f : 46 * f : f, 52 * f : 62 * f : f].astype(float) - image[40:46, 52:62]
     towards = lambda c: (corner * (np.asarray(c) - image[40:46, 52:62])).sum()  # noqa: E731
     assert towards(colors[2]) > towards(colors[3])
 
 
 def test_unlabelled_values_are_not_drawn():
-    meta = MetadataCatalog.get(COCO_LIKE if COCO_LIKE in MetadataCatalog.list() else TOY)
+    colors = class_colors(4)
     image = np.full((20, 30, 3), 100, np.uint8)
-    for value in (-1, 255, 65535):
-        out = draw_sem_seg(image, np.full((20, 30), value), meta)
+    for value in (-1, 4, 255, 65535):
+        out = blend(image, np.full((20, 30), value), colors, 0.6)
         assert np.array_equal(out, image), value
+
+
+def test_legend_lists_the_classes_present_and_small_images_are_enlarged():
+    names = ["empty background", "red plain patch", "blue dotted patch", "green zigzag patch"]
+    colors = class_colors(len(names))
+    pred = np.zeros((16, 16), np.int64)
+    pred[2:8, 2:8] = 1
+    gt = np.zeros((16, 16), np.int64)
+    gt[2:8, 2:8] = 2
+    gt[10:12, 10:12] = 255  # ignore label: never listed
+    entries = legend_entries([("prediction", pred), ("ground truth", gt)], names, ["blue dotted patch"])
+    texts = dict(entries)
+    assert sorted(texts) == [0, 1, 2]  # present in either map; class 3 is in neither
+    assert texts[2].startswith("blue dotted patch (unseen): gt 14%")
+    assert texts[1] == "red plain patch: pred 14%"
+    assert texts[0].startswith("empty background: pred 86%, gt 84%")
+    image = np.full((16, 16, 3), 90, np.uint8)
+    out = compare_panels(image, pred, names, colors, ground_truth=gt, min_side=64)
+    assert upscale_factor((16, 16), 64) == 4
+    top = out.shape[0] - 64
+    # the image panel is the input enlarged 4x, pixel blocks kept (nearest neighbour)
+    assert np.array_equal(out[top:, :64], np.repeat(np.repeat(image, 4, 0), 4, 1))
+    # the prediction's red patch covers rows/cols 2..7 of the input -> 8..31 of the panel
+    pred_panel = out[top:, 68:132]
+    assert not np.array_equal(pred_panel[8:32, 8:32], pred_panel[40:60, 40:60])
+    # the legend panel is beside the image panels, not over them
+    assert out.shape[1] > 3 * 64 + 3 * 4
+    with pytest.raises(ValueError, match="sizes differ"):
+        compare_panels(image, pred[:8], names, colors)
