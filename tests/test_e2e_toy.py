@@ -6,6 +6,7 @@ re-evaluate the checkpoint with --eval-only, render, and a 2-process CPU run."""
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -68,6 +69,9 @@ def test_make_toy_table(toy):
     assert any(line.startswith("| config (ce+global+local+dense)") for line in lines), stdout
     assert any(line.startswith("| ce ") for line in lines), stdout
     assert "of the teacher's" in stdout and "the ce-only control's" in stdout, stdout
+    # progress while the students train (iteration and ETA from detectron2's metric lines)
+    assert re.search(rf"ce seed 0: iter \d+/{TOY_ITERS}, eta \d", stdout), stdout
+    assert "teacher zero-shot: started" in stdout, stdout
     saved = json.loads((root / "toy" / "table.json").read_text())
     assert set(saved["runs"]) == {"config (ce+global+local+dense)", "ce"}
     for metrics in [saved["teacher"]] + [r["0"] for r in saved["runs"].values()]:
@@ -203,7 +207,8 @@ def test_render_predictions(toy):
     files = sorted(viz.glob("*.png"))
     assert len(files) == 3
     im = Image.open(files[0])
-    assert im.size[1] == 64 and im.size[0] > 3 * 64  # image | prediction | ground truth
+    # 64-pixel images upscaled to a readable 256: image | prediction | ground truth | legend
+    assert im.size[1] >= 256 and im.size[0] > 3 * 256
 
 
 def test_two_process_cpu_training(toy):
@@ -234,3 +239,27 @@ def test_two_process_cpu_training(toy):
     rows = [r for r in _metrics(ddp) if "total_loss" in r]
     assert rows and all(math.isfinite(r["total_loss"]) for r in rows)
     assert (ddp / "log.txt.rank1").exists()  # the second process ran and logged
+
+
+def test_annotation_free_pseudo_labels(toy):
+    """The annotation-free row's data: the teacher's own zero-shot segmentation of the training
+    images, over all the names, registered as a dataset (MaskCLIP+'s protocol)."""
+    from clipdistill.config import get_clipdistill_cfg
+    from clipdistill.testbed.loss_table import parse_variant, pseudo_label_dataset
+
+    root, env, _, _ = toy
+    assert parse_variant("annotation-free").pseudo_labels
+    cfg = get_clipdistill_cfg(CFG, [])
+    name = pseudo_label_dataset(CFG, cfg, [], env=env)
+    assert name == "testbed_sem_seg_train_teacher_pseudo"
+    folder = root / "datasets" / "pseudo_labels" / name
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert len(manifest["records"]) == 300
+    assert manifest["stuff_classes"] == DEFAULT_WORLD.class_names
+    labels = np.stack(
+        [np.array(Image.open(r["sem_seg_file_name"])) for r in manifest["records"][:20]]
+    )
+    assert labels.shape == (20, 64, 64) and labels.max() < len(DEFAULT_WORLD.class_names)
+    # the teacher labels both background and objects (it localises; it does not label all
+    # pixels with one class)
+    assert (labels == 0).mean() > 0.3 and (labels > 0).mean() > 0.05

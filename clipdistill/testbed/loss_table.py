@@ -11,8 +11,10 @@ test set, also through ``tools/train_net.py --eval-only``.
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -26,10 +28,13 @@ from ..utils.io import atomic_save_json, atomic_write
 
 __all__ = [
     "LOSSES",
+    "ANNOTATION_FREE",
     "Variant",
+    "pseudo_label_dataset",
     "parse_variant",
     "variant_overrides",
     "run_student",
+    "training_progress",
     "read_metrics",
     "aggregate",
     "format_table",
@@ -58,27 +63,36 @@ TEACHER_OVERRIDES = ("MODEL.META_ARCHITECTURE", "MaskCLIP", "MODEL.MASKCLIP.SLID
 TEACHER_CLIP_KEYS = ("NAME", "WEIGHTS", "TEMPLATES", "DENSE_METHOD")
 
 
+#: the variant trained on the teacher's pseudo-labels instead of the human labels
+ANNOTATION_FREE = "annotation-free"
+
+
 @dataclass(frozen=True)
 class Variant:
     """A set of losses (``"ce+global+local"``), optionally with a dense method
-    (``"ce+dense@sclip"``); ``"config"`` keeps the config file's own weights."""
+    (``"ce+dense@sclip"``); ``"config"`` keeps the config file's own weights;
+    ``"annotation-free"`` keeps them too but trains on the teacher's own pseudo-labels of the
+    training images (``pseudo_labels``: MaskCLIP+'s protocol, no human label at all)."""
 
     name: str
     losses: Tuple[str, ...]
     dense_method: Optional[str] = None
+    pseudo_labels: bool = False
 
 
 def parse_variant(name: str) -> Variant:
     """``"ce+global"`` -> ``Variant``; unknown losses are an error naming the known ones."""
     if name == "config":
         return Variant(name, ())
+    if name == ANNOTATION_FREE:
+        return Variant(name, (), pseudo_labels=True)
     body, _, method = name.partition("@")
     losses = tuple(p for p in body.split("+") if p)
     unknown = [p for p in losses if p not in LOSSES]
     if unknown or not losses:
         raise ValueError(
             f"variant {name!r}: unknown losses {unknown}; use '+'-joined names of {list(LOSSES)} "
-            "(optionally '@<dense method>'), or 'config'"
+            f"(optionally '@<dense method>'), 'config' or '{ANNOTATION_FREE}'"
         )
     if method and "dense" not in losses:
         raise ValueError(f"variant {name!r}: '@{method}' needs the dense loss")
@@ -88,7 +102,7 @@ def parse_variant(name: str) -> Variant:
 def variant_overrides(variant: Variant, cfg) -> List[str]:
     """Config overrides of ``variant``: enabled losses keep the config's weight (1.0 where the
     config has 0), the others get 0."""
-    if variant.name == "config":
+    if not variant.losses:  # the config's own weights
         return []
     out = []
     for loss, key in LOSSES.items():
@@ -123,6 +137,42 @@ def read_metrics(output_dir: str) -> Optional[Dict[str, float]]:
     return {m: float(res.get(m, float("nan"))) for m in METRICS}
 
 
+#: detectron2's periodic metrics line (``CommonMetricPrinter``): ``eta: 0:01:02  iter: 39  ...``
+_METRICS_LINE = re.compile(r"(?:eta: (?P<eta>[0-9:]+)\s+)?iter: (?P<iter>\d+)")
+
+
+def training_progress(log_text: str) -> Optional[Tuple[int, Optional[str], str]]:
+    """The last progress of a ``train_net.py`` log: ``(iterations done, eta or None, stage)``
+    with stage ``"training"`` or ``"evaluating"``; None before the first report."""
+    matches = list(_METRICS_LINE.finditer(log_text))
+    evaluating = "Start inference on" in log_text
+    if not matches:
+        return (0, None, "evaluating") if evaluating else None
+    last = matches[-1]
+    return int(last.group("iter")) + 1, last.group("eta"), "evaluating" if evaluating else "training"
+
+
+def _follow(proc: subprocess.Popen, log_path: str, label: str, max_iter: Optional[int]) -> None:
+    """Wait for ``proc``, logging its progress (iteration, ETA, evaluation) as its log grows."""
+    shown = None
+    while proc.poll() is None:
+        time.sleep(2.0)
+        try:
+            with open(log_path, errors="replace") as f:
+                state = training_progress(f.read())
+        except OSError:
+            continue
+        if state is None or state == shown:
+            continue
+        shown = state
+        done, eta, stage = state
+        if stage == "evaluating":
+            logger.info(f"{label}: evaluating")
+        else:
+            total = f"/{max_iter}" if max_iter else ""
+            logger.info(f"{label}: iter {done}{total}" + (f", eta {eta}" if eta else ""))
+
+
 def run_student(
     config_file: str,
     output_dir: str,
@@ -132,9 +182,13 @@ def run_student(
     log_path: Optional[str] = None,
     eval_only: bool = False,
     env: Optional[Dict[str, str]] = None,
+    label: Optional[str] = None,
+    max_iter: Optional[int] = None,
 ) -> Dict[str, float]:
     """Train and evaluate one student with ``tools/train_net.py`` (skipped if already done);
-    ``eval_only``: evaluate only (a training-free segmenter)."""
+    ``eval_only``: evaluate only (a training-free segmenter). The run's output goes to
+    ``log_path`` (default ``<output_dir>/stdout.txt``); its progress is logged as ``label: iter
+    k/max_iter, eta ...`` while it runs."""
     done = read_metrics(output_dir)
     if done is not None:
         logger.info(f"{output_dir}: already done, reusing its results")
@@ -157,8 +211,16 @@ def run_student(
     logger.info("running: " + " ".join(cmd))
     os.makedirs(output_dir, exist_ok=True)
     log_path = log_path or os.path.join(output_dir, "stdout.txt")
+    label = label or os.path.basename(os.path.normpath(output_dir))
+    logger.info(f"{label}: started (log {log_path})")
     with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            _follow(proc, log_path, label, None if eval_only else max_iter)
+        finally:
+            if proc.poll() is None:  # interrupted: do not leave the run behind
+                proc.kill()
+            proc.wait()
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-3000:]
@@ -169,6 +231,36 @@ def run_student(
     if metrics is None:
         raise RuntimeError(f"{output_dir}: training finished without evaluation results")
     return metrics
+
+
+def pseudo_label_dataset(config_file: str, cfg, opts: Sequence[str], env=None) -> str:
+    """Label the config's first training dataset with the teacher's own zero-shot segmenter
+    (``teacher_overrides``, the teacher row's segmenter) through ``tools/make_pseudo_labels.py``,
+    over all the dataset's class names; returns the new dataset's name
+    (``<train>_teacher_pseudo``). Labels already written are reused."""
+    source = cfg.DATASETS.TRAIN[0]
+    name = f"{source}_teacher_pseudo"
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cmd = [
+        sys.executable,
+        os.path.join(repo, "tools", "make_pseudo_labels.py"),
+        "--config-file",
+        config_file,
+        "--dataset",
+        source,
+        "--name",
+        name,
+        *opts,
+        *teacher_overrides(cfg),
+    ]
+    logger.info(f"pseudo-labels: {source} -> {name} (the teacher's zero-shot segmentation)")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
+            f"{proc.stderr[-3000:]}"
+        )
+    return name
 
 
 def aggregate(runs: Sequence[Dict[str, float]]) -> Dict[str, Tuple[float, float, int]]:
@@ -249,15 +341,21 @@ def run_table(
     if teacher:
         out = os.path.join(output_dir, "teacher")
         overrides = list(opts) + teacher_overrides(cfg)
-        teacher_metrics = run_student(config_file, out, overrides, 0, eval_only=True)
+        teacher_metrics = run_student(
+            config_file, out, overrides, 0, eval_only=True, label="teacher zero-shot"
+        )
         logger.info(f"teacher: {teacher_metrics}")
     tasks = []
     for variant in parsed:
         overrides = list(opts) + variant_overrides(variant, cfg)
         label = variant.name
+        on = [n for n, k in LOSSES.items() if getattr(cfg.MODEL.CLIPDISTILL.LOSS, k) > 0]
         if label == "config":  # name the config's own losses
-            on = [n for n, k in LOSSES.items() if getattr(cfg.MODEL.CLIPDISTILL.LOSS, k) > 0]
             label = f"config ({'+'.join(on)})"
+        if variant.pseudo_labels:
+            pseudo = pseudo_label_dataset(config_file, cfg, opts)
+            overrides += ["DATASETS.TRAIN", f"('{pseudo}',)"]
+            label = f"{ANNOTATION_FREE} ({'+'.join(on)}, teacher pseudo-labels)"
         for seed in seeds:
             out = os.path.join(output_dir, variant.name, f"seed{seed}")
             tasks.append((label, seed, out, overrides))
@@ -268,7 +366,16 @@ def run_table(
 
     def run(task):
         label, seed, out, overrides = task
-        metrics = run_student(config_file, out, overrides, seed, num_gpus=num_gpus, env=env)
+        metrics = run_student(
+            config_file,
+            out,
+            overrides,
+            seed,
+            num_gpus=num_gpus,
+            env=env,
+            label=f"{label} seed {seed}",
+            max_iter=cfg.SOLVER.MAX_ITER,
+        )
         logger.info(f"{label} seed {seed}: {metrics}")
         return metrics
 

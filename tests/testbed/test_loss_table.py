@@ -90,3 +90,18 @@ def test_teacher_row_scores_the_students_teacher_clip():
     t, c = cfg.MODEL.CLIPDISTILL.TEACHER, teacher.MODEL.MASKCLIP.CLIP
     assert (c.NAME, c.WEIGHTS, c.TEMPLATES) == (t.NAME, t.WEIGHTS, t.TEMPLATES)
     assert c.DENSE_METHOD == "sclip"
+
+
+def test_training_progress_reads_detectron2_metric_lines():
+    """make toy's progress: the iteration and ETA of a train_net.py log, then its evaluation."""
+    from clipdistill.testbed.loss_table import training_progress
+
+    assert training_progress("[d2] Starting training from iteration 0\n") is None
+    log = (
+        "[12/05 05:20:01 d2.utils.events]:  eta: 0:01:40  iter: 19  total_loss: 3.1  lr: 0.001\n"
+        "[12/05 05:20:09 d2.utils.events]:  eta: 0:01:31  iter: 39  total_loss: 2.7  lr: 0.002\n"
+    )
+    assert training_progress(log) == (40, "0:01:31", "training")
+    log += "[12/05 05:22:00 d2.evaluation.evaluator]: Start inference on 40 batches\n"
+    assert training_progress(log) == (40, "0:01:31", "evaluating")
+    assert training_progress("Start inference on 40 batches") == (0, None, "evaluating")
