@@ -1,5 +1,5 @@
 """The generated captioned world: vocabulary and split, deterministic vectorised rendering, labels
-that match the captions and the drawn colours, and its registration."""
+that match the captions and the drawn colours and patterns, and its registration."""
 
 import hashlib
 import json
@@ -15,12 +15,14 @@ from clipdistill.data.datasets.register_testbed import register_testbed
 from clipdistill.data.synthetic import (
     COLOURS,
     DEFAULT_WORLD,
+    PATTERNS,
     Scenes,
     World,
     caption_of,
     render_scenes,
     sample_scenes,
 )
+from clipdistill.data.synthetic.render import pattern_masks
 from clipdistill.data.synthetic.writer import generate_testbed
 from clipdistill.utils.errors import DataError
 from PIL import Image
@@ -30,22 +32,28 @@ def test_world_vocabulary_and_split():
     w = DEFAULT_WORLD
     names = w.class_names
     assert len(names) == 37 and names[0] == "empty background" and len(set(names)) == 37
-    assert names[w.class_id(3, 4)] == f"{w.colours[3]} {w.shapes[4]}"
-    assert w.colour_shape(w.class_id(5, 2)) == (5, 2)
+    assert names[w.class_id(3, 4)] == f"{w.colours[3]} {w.patterns[4]} patch" == "green zigzag patch"
+    assert w.colour_pattern(w.class_id(5, 2)) == (5, 2)
     unseen = w.unseen_classes
     assert len(unseen) == 6 and set(unseen).isdisjoint(w.seen_classes)
     assert sorted(unseen + w.seen_classes) == sorted(names) and names[0] in w.seen_classes
-    # one unseen class per colour and per shape: every unseen word is seen in other classes
+    # one unseen class per colour and per pattern: every unseen word is seen in other classes
     assert sorted(n.split()[0] for n in unseen) == sorted(w.colours)
-    assert sorted(n.split()[1] for n in unseen) == sorted(w.shapes)
-    with pytest.raises(ValueError, match="unknown colours"):
+    assert sorted(n.split()[1] for n in unseen) == sorted(w.patterns)
+    assert [names[i] for i in w.unseen_ids] == unseen
+    with pytest.raises(ValueError, match="unknown colours/patterns/silhouettes"):
         World(colours=("red", "mauve"))
+    with pytest.raises(ValueError, match="distinct"):
+        World(patterns=("plain", "plain"))
 
 
 def test_caption_grammar():
     assert caption_of([]) == "an empty background."
-    assert caption_of(["red star"]) == "a red star."
-    assert caption_of(["orange ring", "blue cross"]) == "an orange ring and a blue cross."
+    assert caption_of(["red striped patch"]) == "a red striped patch."
+    assert (
+        caption_of(["orange dotted patch", "blue plain patch"])
+        == "an orange dotted patch and a blue plain patch."
+    )
     assert caption_of(["a", "b", "c"]) == "an a, a b and a c."
 
 
@@ -53,6 +61,14 @@ def _parse(caption):
     body = caption.rstrip(".")
     parts = re.split(r", | and ", body)
     return sorted(p.split(" ", 1)[1] for p in parts)
+
+
+def _dark_fraction(pixels: np.ndarray) -> float:
+    """Fraction of an object's pixels drawn in the dark tone (brightness below the midpoint of
+    the object's two tones)."""
+    lum = pixels.astype(float).sum(1)
+    hi = np.percentile(lum, 95)
+    return float((lum < 0.7 * hi).mean())
 
 
 def test_rendered_labels_match_captions_and_colours():
@@ -80,14 +96,44 @@ def test_rendered_labels_match_captions_and_colours():
             chroma = {c: np.array(COLOURS[c], float) for c in DEFAULT_WORLD.colours}
             nearest = max(chroma, key=lambda c: chroma[c] @ mean / np.linalg.norm(chroma[c]))
             assert nearest == colour, (caption, names[v], mean)
+            # a plain patch is one tone; every other pattern draws a dark tone on a good part
+            dark = _dark_fraction(images[i][mask])
+            if names[v].split()[1] == "plain":
+                assert dark < 0.05, (caption, names[v], dark)
+            else:
+                assert 0.12 < dark < 0.75, (caption, names[v], dark)
 
 
-def test_shape_only_captions_and_explicit_scenes():
+def test_pattern_masks_are_periodic_and_distinct():
+    """Each pattern's dark tone covers its share of the plane, with the given period, and no two
+    patterns draw the same mask."""
+    yy, xx = np.mgrid[0:60, 0:60].astype(np.float32)
+    masks = {}
+    for p, name in enumerate(PATTERNS):
+        m = pattern_masks(xx, yy, np.full(xx.shape, p), 6.0)
+        masks[name] = m
+        assert (m == pattern_masks(xx + 6.0, yy, np.full(xx.shape, p), 6.0)).mean() > 0.97, name
+    share = {k: float(m.mean()) for k, m in masks.items()}
+    assert share["plain"] == 0.0 and 0.2 < share["dotted"] < 0.4
+    assert all(0.4 < share[k] < 0.6 for k in ("striped", "checked", "zigzag")), share
+    names = list(masks)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert (masks[a] != masks[b]).mean() > 0.15, (a, b)
+
+
+def test_pattern_only_captions_and_explicit_scenes():
     w = DEFAULT_WORLD
     ids = np.array([[w.class_id(0, 3), w.class_id(4, 4)], [0, 0]])
     scenes = Scenes(world=w, class_ids=ids)
-    assert scenes.captions() == ["a red star and a blue ring.", "an empty background."]
-    assert scenes.shape_captions() == ["a star and a ring.", "an empty background."]
+    assert scenes.captions() == [
+        "a red checked patch and a blue zigzag patch.",
+        "an empty background.",
+    ]
+    assert scenes.pattern_captions() == [
+        "a checked patch and a zigzag patch.",
+        "an empty background.",
+    ]
     _, labels = render_scenes(np.random.default_rng(0), scenes, 48)
     assert set(np.unique(labels[0])) == {0, int(ids[0, 0]), int(ids[0, 1])}
     assert (labels[1] == 0).all()

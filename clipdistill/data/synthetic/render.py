@@ -2,10 +2,12 @@
 
 A scene has up to ``MAX_OBJECTS`` objects, each in its own region of the image: the whole image
 for one object, a half for two, a quadrant for three or four (so objects never overlap and every
-object named in the caption is visible), with a random size, position inside its region and
-rotation. Backgrounds are low-saturation: a grey level with a faint tint, a
+object named in the caption is visible), with a random silhouette, size, position inside its
+region and rotation. Backgrounds are low-saturation: a grey level with a faint tint, a
 linear gradient, low-frequency blotches, optional faint stripes and pixel noise. Objects are
-flat-coloured with per-object brightness and per-pixel noise.
+drawn in their colour (with per-object brightness and hue jitter) and their pattern: the colour
+alone, or alternated with a dark tone of it (stripes, dots, checks, zigzags, a grid), with a
+per-object period and the object's rotation; then per-pixel noise.
 
 Everything is drawn from one ``numpy.random.Generator``: the same generator state gives the same
 images, labels and captions.
@@ -16,9 +18,16 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .world import COLOURS, SHAPES, World, caption_of
+from .world import COLOURS, PATTERNS, SHAPES, World, caption_of
 
-__all__ = ["MAX_OBJECTS", "Scenes", "sample_scenes", "render_scenes", "shape_masks"]
+__all__ = [
+    "MAX_OBJECTS",
+    "Scenes",
+    "sample_scenes",
+    "render_scenes",
+    "shape_masks",
+    "pattern_masks",
+]
 
 #: At most one object per quadrant.
 MAX_OBJECTS = 4
@@ -26,6 +35,10 @@ MAX_OBJECTS = 4
 _EXTENT = 1.2
 #: Default probabilities of 0, 1, 2 and 3 objects per image.
 DEFAULT_NUM_OBJECTS_P = (0.1, 0.3, 0.3, 0.3)
+#: Range of a pattern's period, in pixels of a 64-pixel image (scaled with the image size).
+PATTERN_PERIOD = (4.5, 6.5)
+#: Brightness of a pattern's dark tone, relative to the object's colour.
+DARK_TONE = 0.42
 
 
 @dataclass
@@ -49,17 +62,17 @@ class Scenes:
         """The full captions ("a red star and a blue ring.")."""
         return [caption_of(self.names(i)) for i in range(len(self.class_ids))]
 
-    def shape_captions(self) -> List[str]:
-        """Captions naming shapes only ("a star and a ring."); "an empty background." for none."""
-        out = []
-        for i in range(len(self.class_ids)):
-            shapes = [
-                self.world.shapes[self.world.colour_shape(int(c))[1]]
-                for c in self.class_ids[i]
-                if c > 0
-            ]
-            out.append(caption_of(shapes))
-        return out
+    def pattern_captions(self) -> List[str]:
+        """Captions naming patterns only ("a striped patch and a dotted patch."); "an empty
+        background." for none."""
+        return [pattern_caption(self.world, row) for row in self.class_ids]
+
+
+def pattern_caption(world: World, class_ids) -> str:
+    """The caption of objects ``class_ids`` (label values; 0s skipped) without their colours."""
+    return caption_of(
+        [world.pattern_name(world.colour_pattern(int(c))[1]) for c in class_ids if c > 0]
+    )
 
 
 def sample_scenes(
@@ -149,6 +162,41 @@ def shape_masks(u: np.ndarray, v: np.ndarray, shape_ids: np.ndarray) -> np.ndarr
     return out
 
 
+def pattern_masks(pu: np.ndarray, pv: np.ndarray, pattern_ids, period) -> np.ndarray:
+    """Where a pattern draws its dark tone, in pixel coordinates of the object's rotated frame.
+
+    Args:
+        pu, pv: object-centred, rotated coordinates in pixels, any common shape ``X``.
+        pattern_ids: int array broadcastable to ``X``: the index in ``PATTERNS`` of each element.
+        period: float array broadcastable to ``X``: the pattern's period in pixels.
+    Returns:
+        bool array of shape ``X`` (all False for ``"plain"``).
+    """
+    out = np.zeros(np.broadcast(pu, pattern_ids).shape, dtype=bool)
+    period = np.asarray(period, dtype=np.float32)
+    for p, name in enumerate(PATTERNS):
+        sel = pattern_ids == p
+        if name == "plain" or not np.any(sel):
+            continue
+        a, b = np.mod(pu, period), np.mod(pv, period)
+        if name == "striped":
+            m = a < period / 2
+        elif name == "dotted":
+            m = (a - period / 2) ** 2 + (b - period / 2) ** 2 < (0.3 * period) ** 2
+        elif name == "checked":
+            cell = period / 2
+            m = (np.floor(pu / cell) + np.floor(pv / cell)) % 2 == 1
+        elif name == "zigzag":  # stripes bent by a triangle wave along them
+            t = np.mod(pv / (1.2 * period), 1.0)
+            m = np.mod(pu + 0.45 * period * (2 * np.abs(2 * t - 1) - 1), period) < period / 2
+        elif name == "gridded":
+            m = (a < 0.28 * period) | (b < 0.28 * period)
+        else:  # pragma: no cover - PATTERNS and this function are edited together
+            raise NotImplementedError(name)
+        out |= sel & m
+    return out
+
+
 def _smooth_noise(rng, n: int, size: int, grid: int = 6) -> np.ndarray:
     """``[n, size, size]`` low-frequency noise in [-1, 1]: a ``grid``x``grid`` random field,
     bilinearly upsampled (one matrix product per axis for the whole batch)."""
@@ -232,14 +280,18 @@ def render_scenes(rng: np.random.Generator, scenes: Scenes, size: int = 64):
     angle = rng.uniform(0, 2 * np.pi, (n, k))
     brightness = rng.uniform(0.8, 1.1, (n, k, 1))
     hue_jitter = rng.normal(0, 8, (n, k, 3))
-    colour, shape = np.divmod(np.maximum(ids, 1) - 1, world.num_shapes)
+    silhouette = rng.integers(0, len(world.silhouettes), (n, k))
+    period = rng.uniform(*PATTERN_PERIOD, (n, k)) * (size / 64)
+    colour, pattern = np.divmod(np.maximum(ids, 1) - 1, world.num_patterns)
     palette = np.array([COLOURS[c] for c in world.colours], np.float32)
     colours = (palette[colour] * brightness + hue_jitter).astype(np.float32)  # [n, k, 3]
-    shape_index = np.array([SHAPES.index(s) for s in world.shapes])[shape]
+    shape_index = np.array([SHAPES.index(s) for s in world.silhouettes])[silhouette]
+    pattern_index = np.array([PATTERNS.index(p) for p in world.patterns])[pattern]
 
     # each object is drawn in its own region only (regions are disjoint); objects are grouped by
     # region size so that each group is one vectorised computation
     slot_map = np.zeros((n, size, size), np.uint8)  # 0: background, j + 1: the object of slot j
+    dark = np.zeros((n, size, size), bool)  # the pattern's dark tone
     img_i, slot = np.nonzero(ids > 0)
     shapes_of = shape_index[img_i, slot]
     width, height = (2 * hx[img_i, slot]).astype(int), (2 * hy[img_i, slot]).astype(int)
@@ -262,15 +314,20 @@ def render_scenes(rng: np.random.Generator, scenes: Scenes, size: int = 64):
         for sh in np.unique(shapes_of[g]):
             sel = shapes_of[g] == sh
             masks[sel] = shape_masks(u[sel], v[sel], np.full((1, 1, 1), sh))
+        tones = pattern_masks(
+            u * r, v * r, pattern_index[gi, gs][:, None, None], period[gi, gs][:, None, None]
+        )
         rows = y0[:, None, None] + np.arange(h)[None, :, None]
         cols = x0[:, None, None] + np.arange(w)[None, None, :]
         ii = gi[:, None, None]
         slot_map[ii, rows, cols] = np.where(masks, (gs + 1)[:, None, None], 0).astype(np.uint8)
+        dark[ii, rows, cols] |= masks & tones
     flat = slot_map.reshape(n, -1).astype(np.int64)
     table = np.concatenate([np.zeros((n, 1), ids.dtype), ids], axis=1)
     labels = np.take_along_axis(table, flat, axis=1).reshape(n, size, size).astype(np.uint8)
     palette_rows = np.concatenate([np.zeros((n, 1, 3), np.float32), colours], axis=1)
     fill = np.take_along_axis(palette_rows, flat[..., None], axis=1).reshape(n, size, size, 3)
+    fill *= np.where(dark, np.float32(DARK_TONE), np.float32(1))[..., None]
     fill += _uniform(rng, -10, 10, (n, size, size, 3))
     images = np.where((slot_map > 0)[..., None], fill, images)
     return np.clip(images, 0, 255).astype(np.uint8), labels

@@ -1,8 +1,8 @@
 """The testbed dataset on disk, in the layout the registration reads (``list_sem_seg_files``).
 
 ``<root>/images/<split>/<id>.png`` (RGB; lossless, the colours are the classes),
-``<root>/annotations_detectron2/<split>/<id>.png`` (uint8: 0 = background, ``1 + c * S + s`` =
-colour ``c`` and shape ``s``), and ``<root>/captions/<split>.json``:
+``<root>/annotations_detectron2/<split>/<id>.png`` (uint8: 0 = background, ``1 + c * P + p`` =
+colour ``c`` and pattern ``p``), and ``<root>/captions/<split>.json``:
 ``{"class_names": [...], "unseen_classes": [...], "images": {id: {"caption", "objects"}}}``.
 Registered as ``testbed_sem_seg_{train,val}`` (``clipdistill/data/datasets/register_testbed.py``).
 """
@@ -57,7 +57,7 @@ def generate_testbed(
         num_train, num_val: images per split.
         size: image side in pixels (even, 32 or more).
         seed: the dataset seed.
-        world: colours, shapes and split (the registered datasets use ``DEFAULT_WORLD``).
+        world: colours, patterns, silhouettes and split (the registered datasets use ``DEFAULT_WORLD``).
         num_objects_p: probabilities of 0, 1, 2, 3 objects per image.
     Returns:
         ``root``.
