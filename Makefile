@@ -16,7 +16,7 @@ setup:
 # checkpoint with the user's --eval-only command and render its predictions.
 toy: setup
 	$(PY) tools/make_toy_dataset.py
-	$(PY) tools/loss_table.py --config-file configs/voc_toy.yaml --variants config ce --seeds 0 \
+	$(PY) tools/loss_table.py --config-file configs/voc_toy.yaml --variants config ce annotation-free --seeds 0 \
 		--jobs 2 --output $(TOY_OUT)
 	$(PY) tools/train_net.py --config-file configs/voc_toy.yaml --eval-only \
 		MODEL.WEIGHTS $(TOY_OUT)/config/seed0/model_final.pth OUTPUT_DIR $(TOY_OUT)/eval

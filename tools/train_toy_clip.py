@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""Train the testbed's small CLIP (open_clip CNN-8-testbed) on the generated captioned world.
+"""Train the testbed's small CLIP (open_clip CNN-4-testbed) on the generated captioned world.
 
-    python tools/train_toy_clip.py --output weights/testbed_clip_cnn8.safetensors  # shipped file
-    python tools/train_toy_clip.py --model-name ViT-8-testbed --steps 1200 --shape-steps 400 \
-        --warmup 100 --output output/testbed_clip_vit8.safetensors            # the ViT tower
+    python tools/train_toy_clip.py --threads 2 --output weights/testbed_clip_cnn4.safetensors
+    python tools/train_toy_clip.py --model-name ViT-8-testbed --threads 2 \
+        --output weights/testbed_clip_vit8.safetensors                  # the class-token ViT
 
-Defaults are the recipe of the shipped weights (docs/TESTBED.md): a shape-only-caption
-curriculum, then full captions; seed 0, one CPU thread. Prints the accuracy curve (single-object
-zero-shot top-1, colour and shape accuracy over all class names), writes one float16 safetensors
-file (recipe and curve in its metadata), then re-evaluates that file through the teacher loader.
+Defaults are the recipe of the shipped CNN (docs/TESTBED.md): a pattern-only-caption curriculum,
+then full captions, half the images replaced by random crops captioned with what they show;
+seed 0. Prints the curve (single-object zero-shot top-1, colour and pattern accuracy over all
+class names; training-free dense zero-shot mIoU and background IoU on generated scenes), writes
+one float16 safetensors file (recipe and curve in its metadata), then re-evaluates that file
+through the teacher loader.
 """
 
 import argparse

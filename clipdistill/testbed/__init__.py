@@ -4,7 +4,7 @@ measures which distillation losses carry its open vocabulary into a student (``l
 
 Importing it (``import clipdistill`` does) registers the testbed CLIPs with the shared CLIP layer,
 so that any config can name them: their open_clip model configs (``model_configs/``:
-``CNN-8-testbed``, ``ViT-8-testbed``), their image towers with timm (``towers``) and the
+``CNN-4-testbed``, ``ViT-8-testbed``), their image towers with timm (``towers``) and the
 ``"caption"`` prompt template set (the generated world's caption grammar).
 """
 

@@ -120,11 +120,15 @@ def variant_overrides(variant: Variant, cfg) -> List[str]:
 def teacher_overrides(cfg) -> List[str]:
     """Overrides that make the student config ``cfg`` its teacher's own zero-shot segmenter:
     ``TEACHER_OVERRIDES`` on the same CLIP and dense method (``MODEL.CLIPDISTILL.TEACHER.*`` ->
-    ``MODEL.MASKCLIP.CLIP.*``)."""
+    ``MODEL.MASKCLIP.CLIP.*``), on images resized to the side the student's dense targets are
+    computed at (``DENSE_IMAGE_SIZE``), when the student computes them (``DENSE_WEIGHT`` > 0)."""
     t = cfg.MODEL.CLIPDISTILL.TEACHER
     out = list(TEACHER_OVERRIDES)
     for key in TEACHER_CLIP_KEYS:
         out += [f"MODEL.MASKCLIP.CLIP.{key}", str(t[key])]
+    if cfg.MODEL.CLIPDISTILL.LOSS.DENSE_WEIGHT > 0:
+        side = str(t.DENSE_IMAGE_SIZE)
+        out += ["INPUT.MIN_SIZE_TEST", side, "INPUT.MAX_SIZE_TEST", side]
     return out
 
 

@@ -90,6 +90,13 @@ def test_teacher_row_scores_the_students_teacher_clip():
     t, c = cfg.MODEL.CLIPDISTILL.TEACHER, teacher.MODEL.MASKCLIP.CLIP
     assert (c.NAME, c.WEIGHTS, c.TEMPLATES) == (t.NAME, t.WEIGHTS, t.TEMPLATES)
     assert c.DENSE_METHOD == "sclip"
+    # with dense targets, the teacher row sees the images at the side they are computed at
+    dense = tiny_cfg(
+        "MODEL.CLIPDISTILL.LOSS.DENSE_WEIGHT", "1.0", "MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE", "96"
+    )
+    assert teacher_overrides(dense)[-4:] == ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96"]
+    no_dense = tiny_cfg("MODEL.CLIPDISTILL.LOSS.DENSE_WEIGHT", "0.0")
+    assert "INPUT.MIN_SIZE_TEST" not in teacher_overrides(no_dense)
 
 
 def test_training_progress_reads_detectron2_metric_lines():

@@ -6,7 +6,7 @@ Wherever a CLIP is configured (the student's teacher ``MODEL.CLIPDISTILL.TEACHER
 
 * ``NAME``: the open_clip model name (``open_clip.list_models()``: "ViT-B-16", "ViT-L-14-336",
   ...; clipdistill adds "ViT-T-16-toy", a tiny CLIP for tests, and the testbed's
-  "CNN-8-testbed" and "ViT-8-testbed");
+  "CNN-4-testbed" and "ViT-8-testbed");
 * ``WEIGHTS``: an open_clip pretrained tag ("openai", "laion2b_s34b_b88k", ...), a local weights
   file, or "" for a seeded random initialisation (tests and toy configs);
 * ``TEMPLATES``, where the architecture embeds class names with it: a prompt template set of
