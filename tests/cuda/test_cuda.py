@@ -9,7 +9,6 @@
 - ``train_net.py --num-gpus 1`` through NCCL.
 """
 
-import glob
 import os
 import socket
 import subprocess
