@@ -15,6 +15,7 @@ Trailing KEY VALUE pairs override the config, as in train_net.py. Random weights
 as trained ones, so no download is needed for timing.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -54,6 +55,13 @@ def parse_args(argv=None):
     p.add_argument("--skip-training", action="store_true")
     p.add_argument("--skip-flops", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument(
+        "--autocast",
+        choices=["none", "float16", "bfloat16"],
+        default="none",
+        help="measure under torch.autocast with this dtype (mixed precision, as SOLVER.AMP "
+        "trains; default: float32)",
+    )
     p.add_argument("--output", default=None, help="write the results as JSON here")
     p.add_argument(
         "--vocabulary-sweep",
@@ -81,7 +89,28 @@ def _run(args) -> int:
     if args.vocabulary_sweep:
         _sweep(cfg, args)
         return 0
-    result = run_benchmark(
+    device = args.device or cfg.MODEL.DEVICE
+    amp = (
+        contextlib.nullcontext()
+        if args.autocast == "none"
+        else torch.autocast(device.split(":")[0], dtype=getattr(torch, args.autocast))
+    )
+    with amp:
+        result = _measure(cfg, args)
+    result["meta"]["autocast"] = args.autocast
+    result["meta"]["command"] = " ".join(["python", "tools/benchmark.py"] + sys.argv[1:])
+    result["meta"]["config_file"] = args.config_file
+    result["meta"]["opts"] = list(args.opts)
+    print(format_table(result))
+    if args.output:
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output folder")
+        atomic_save_json(args.output, result)
+        print(f"results written to {args.output}")
+    return 0
+
+
+def _measure(cfg, args) -> dict:
+    return run_benchmark(
         cfg,
         device=args.device,
         size=args.size,
@@ -95,15 +124,6 @@ def _run(args) -> int:
         skip_training=args.skip_training,
         skip_flops=args.skip_flops,
     )
-    result["meta"]["command"] = " ".join(["python", "tools/benchmark.py"] + sys.argv[1:])
-    result["meta"]["config_file"] = args.config_file
-    result["meta"]["opts"] = list(args.opts)
-    print(format_table(result))
-    if args.output:
-        ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output folder")
-        atomic_save_json(args.output, result)
-        print(f"results written to {args.output}")
-    return 0
 
 
 def _sweep(cfg, args) -> list:

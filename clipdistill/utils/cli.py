@@ -21,8 +21,10 @@ Python's default), the traceback of a user error too with ``--debug``. Also used
 import argparse
 import functools
 import logging
+import os
 import re
 import sys
+import tempfile
 from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
 
 from .errors import is_user_error, user_message
@@ -96,8 +98,11 @@ class _NoUserErrorTraceback(logging.Filter):
 _TRACEBACK_LOGGERS = ("detectron2.engine.train_loop",)
 
 
-def _guarded_main(prog: str, main: Callable, args) -> None:
-    """Runs in every process that detectron2's ``launch`` starts."""
+def _guarded_main(prog: str, main: Callable, args, error_dir: Optional[str] = None) -> None:
+    """Runs in every process that detectron2's ``launch`` starts. In a process of a
+    multi-process run (``error_dir`` given), a user error is not printed: its one line goes to
+    ``error_dir/rank<N>`` and the process exits quietly with status 2; the launching process
+    prints each distinct line once (``launch_tool``)."""
     if not getattr(args, "debug", False):
         for name in _TRACEBACK_LOGGERS:
             logger = logging.getLogger(name)
@@ -108,39 +113,80 @@ def _guarded_main(prog: str, main: Callable, args) -> None:
     except Exception as e:
         if getattr(args, "debug", False) or not is_user_error(e):
             raise
-        from detectron2.utils import comm
+        if error_dir is not None:
+            from detectron2.utils import comm
 
-        if comm.get_world_size() > 1:
-            report_error(f"{prog} (rank {comm.get_rank()})", e)
+            rank = comm.get_rank()
+            tmp = os.path.join(error_dir, f".rank{rank}.tmp")
+            with open(tmp, "w") as f:
+                f.write(user_message(e))
+            os.replace(tmp, os.path.join(error_dir, f"rank{rank}"))
             sys.exit(USER_ERROR_EXIT)  # the parent sees the exit status and ends the others
         report_error(prog, e)
         raise _ReportedUserError() from e
 
 
+def _worker_errors(error_dir: str) -> List[str]:
+    """The distinct one-line errors the processes wrote, rank 0's first."""
+    files = sorted(
+        (n for n in os.listdir(error_dir) if n.startswith("rank")), key=lambda n: int(n[4:])
+    )
+    messages: List[str] = []
+    for name in files:
+        with open(os.path.join(error_dir, name)) as f:
+            msg = f.read()
+        if msg not in messages:
+            messages.append(msg)
+    return messages
+
+
 def launch_tool(prog: str, main: Callable, args) -> int:
     """detectron2's ``launch(main, args.num_gpus, ...)`` with ``run_tool``'s error handling in
-    every process. Returns the exit status."""
+    every process. Returns the exit status.
+
+    Before starting, it says once what a multi-process launch without CUDA runs (N CPU
+    processes with gloo, a warning when N exceeds the cores: ``describe_launch``). A user error
+    is printed once however many processes hit it (rank 0's first, then any other message a
+    process of this machine wrote), the processes themselves exiting quietly with status 2."""
     from detectron2.engine import launch
 
-    try:
-        launch(
-            _guarded_main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(prog, main, args),
-        )
-    except _ReportedUserError:
-        return USER_ERROR_EXIT
-    except Exception as e:
-        import torch.multiprocessing as mp
+    from .distributed import describe_launch
 
-        if isinstance(e, mp.ProcessExitedException) and e.exit_code == USER_ERROR_EXIT:
-            return USER_ERROR_EXIT  # a worker printed its one-line error
+    num_machines = getattr(args, "num_machines", 1)
+    try:
+        note = describe_launch(args.num_gpus, num_machines)
+    except Exception as e:
         if getattr(args, "debug", False) or not is_user_error(e):
             raise
         return report_error(prog, e)
+    if note:
+        print(f"{prog}: {note}", file=sys.stderr, flush=True)
+    multi = args.num_gpus * num_machines > 1
+    with tempfile.TemporaryDirectory(prefix="clipdistill-errors-") as error_dir:
+        try:
+            launch(
+                _guarded_main,
+                args.num_gpus,
+                num_machines=num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(prog, main, args, error_dir if multi else None),
+            )
+        except _ReportedUserError:
+            return USER_ERROR_EXIT
+        except Exception as e:
+            import torch.multiprocessing as mp
+
+            messages = _worker_errors(error_dir) if multi else []
+            if isinstance(e, mp.ProcessExitedException) and e.exit_code == USER_ERROR_EXIT:
+                for msg in messages:  # rank 0's, then each other one that differs
+                    report_error(prog, msg)
+                if not messages:  # ended by a signal before writing: still say something
+                    report_error(prog, f"process {e.error_index} exited with status 2")
+                return USER_ERROR_EXIT
+            if getattr(args, "debug", False) or not is_user_error(e):
+                raise
+            return report_error(prog, e)
     return 0
 
 

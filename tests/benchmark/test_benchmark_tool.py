@@ -117,3 +117,18 @@ def test_training_benchmark_of_an_architecture_that_does_not_distil():
         os.path.join(REPO, "configs", "maskclip", "sclip_toyclip_voc20toy.yaml"), TINY_OPTS
     )
     assert bench_training(maskclip, "configured", "cpu", 1, 64, 1, 0) is None
+
+
+def test_autocast_option_measures_under_mixed_precision(tmp_path):
+    """--autocast bfloat16 (on the CPU here; float16/bfloat16 on a GPU in scripts/check_gpu.sh):
+    the run completes under torch.autocast and records the dtype."""
+    out = tmp_path / "amp.json"
+    cmd = [sys.executable, "tools/benchmark.py", "--config-file", VOC20_TOY_CONFIG, "--device",
+           "cpu", "--size", "64", "--iters", "1", "--warmup", "1", "--skip-training",
+           "--skip-flops", "--autocast", "bfloat16", "--output", str(out)] + TINY_OPTS
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["meta"]["autocast"] == "bfloat16"
+    assert res["inference"] and all(_number(r["latency_ms"]) for r in res["inference"])

@@ -10,6 +10,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 
+from ...utils.distributed import local_rank_zero_first
 from ...utils.errors import ConfigError, DataError, ResourceError
 
 __all__ = ["TimmBackbone", "build_timm_backbone"]
@@ -50,7 +51,9 @@ class TimmBackbone(Backbone):
         kwargs = dict(features_only=True, out_indices=tuple(out_indices), in_chans=in_chans)
         if weights == "timm":
             try:
-                self.model = timm.create_model(name, pretrained=True, **kwargs)
+                self.model = local_rank_zero_first(
+                    lambda: timm.create_model(name, pretrained=True, **kwargs)
+                )
             except Exception as e:
                 raise ResourceError(
                     f"Could not fetch timm's pretrained weights for MODEL.TIMM.NAME={name!r} "

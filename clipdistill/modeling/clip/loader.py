@@ -18,10 +18,10 @@ from typing import Optional, Tuple
 
 import open_clip
 import torch
-from detectron2.utils import comm
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
+from ...utils.distributed import local_rank_zero_first
 from ...utils.errors import ConfigError, ResourceError
 from ...utils.fingerprint import RANDOM_INIT_SEED, weights_identity
 
@@ -202,18 +202,5 @@ def load_open_clip(
         RuntimeError: the weights could not be resolved or loaded (unknown tag, no network, ...).
     """
     args = (model_name, weights, name_key, weights_key, force_quick_gelu)
-    if comm.get_world_size() == 1:
-        model = _load(*args)
-    else:
-        model, error = None, None
-        if comm.get_local_rank() == 0:
-            try:
-                model = _load(*args)
-            except Exception as e:  # re-raised after the barrier, so that no rank waits forever
-                error = e
-        comm.synchronize()
-        if error is not None:
-            raise error
-        if model is None:
-            model = _load(*args)
+    model = local_rank_zero_first(lambda: _load(*args))
     return model, weights_identity(weights)
