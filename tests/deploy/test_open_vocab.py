@@ -1,0 +1,145 @@
+"""Open-vocabulary export (the vocabulary an input of the graph) and its torch-free runtime:
+ONNX Runtime against PyTorch for two vocabularies of different K, the tokenizer token for token
+against open_clip's, and the runtime's CLI in a subprocess where torch cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+import numpy as np
+import torch
+
+from clipdistill.deploy import SegPredictor
+from clipdistill.deploy import export as E
+from clipdistill.deploy.open_vocab import export_open_vocab
+from clipdistill.deploy.runtime import Segmenter
+from clipdistill.deploy.tokenizer import BPETokenizer
+
+import pytest
+from common import REPO, tiny_cfg, write_image
+
+VOCABS = [
+    ["cat", "dog", "potted plant"],
+    ["sky", "Tree", "road", "person", "tv/monitor", "café", "dining table"],
+]
+RTOL = 1e-4
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_checkpoint):
+    folder = tmp_path_factory.mktemp("ov")
+    # 14 templates: the runtime must ensemble them as TextEncoder does
+    cfg = tiny_cfg("MODEL.WEIGHTS", tiny_checkpoint, "MODEL.CLIPDISTILL.TEACHER.TEMPLATES", "vild")
+    predictor = SegPredictor(cfg)
+    export_open_vocab(predictor.model, str(folder), input_format=cfg.INPUT.FORMAT)
+    return predictor.model, str(folder)
+
+
+def test_folder_is_self_contained(exported):
+    _, folder = exported
+    meta = json.load(open(f"{folder}/deploy.json"))
+    assert len(meta["templates"]) == 14 and meta["context_length"] == 77
+    for key in ("student", "text", "bpe"):
+        assert os.path.isfile(os.path.join(folder, meta[key]))
+
+
+@pytest.mark.parametrize("names", VOCABS, ids=["K3", "K7"])
+def test_runtime_matches_pytorch(exported, names):
+    model, folder = exported
+    seg = Segmenter(folder, resize=False)
+    ref_text = model.text_embeddings(names).cpu().numpy()
+    text = seg.text_embeddings(names)
+    assert text.shape == ref_text.shape == (len(names), ref_text.shape[1])
+    assert _rel(text, ref_text) <= RTOL
+    assert seg.text_embeddings(list(names)) is text  # cached per vocabulary
+    baked = E.ExportableSegmenter(model, names)  # the baked-in export path, tested against eager
+    g = torch.Generator().manual_seed(len(names))
+    for h, w in [(64, 80), (96, 72)]:
+        image = torch.randint(0, 256, (3, h, w), generator=g).float()
+        with torch.no_grad():
+            ref = baked(image[None])[0].numpy()
+        got = seg.logits(image.numpy(), names)
+        assert got.shape == (len(names), h, w)
+        assert _rel(got, ref) <= RTOL, _rel(got, ref)
+        hwc = image.permute(1, 2, 0).numpy().astype(np.uint8)
+        labels = seg.segment(hwc, names)
+        assert labels.shape == (h, w) and labels.dtype == np.int64
+        assert (labels == ref.argmax(0)).mean() > 0.999
+
+
+TRICKY = [
+    "cat",
+    "Potted Plant",
+    "  many   spaces\t\n",
+    "don't STOP!!",
+    "&amp;lt;b&amp;gt; html &gt;",
+    "naïve café Straße",
+    "Ã©tÃ© (mojibake)",
+    "日本語のテキスト",
+    "Привет мир",
+    "العربية",
+    "emoji 🐱🐶",
+    "tv/monitor, 12345.67",
+    "<start_of_text>hi<end_of_text>",
+    "x" * 300,
+    " ".join(["word"] * 100),  # truncated: 77 tokens ending with <end_of_text>
+]
+
+
+def test_tokenizer_matches_open_clip():
+    import open_clip
+    from open_clip.tokenizer import default_bpe
+
+    ref = open_clip.get_tokenizer("ViT-B-16")(TRICKY).numpy()
+    got = BPETokenizer(default_bpe())(TRICKY)
+    assert got.dtype == np.int64 and got.shape == ref.shape == (len(TRICKY), 77)
+    assert ref[-1, -1] == got[-1, -1] == 49407  # truncated with <end_of_text>
+    np.testing.assert_array_equal(got, ref)
+
+
+NO_TORCH = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, Block())
+from clipdistill.deploy.runtime import main
+rc = main(sys.argv[1:])
+bad = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "detectron2")))
+print("TORCH_MODULES", bad)
+sys.exit(rc)
+"""
+
+
+def test_runtime_cli_imports_no_torch(exported, tmp_path):
+    _, folder = exported
+    image = tmp_path / "in.png"
+    write_image(str(image), np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    out = tmp_path / "out.png"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            NO_TORCH,
+            folder,
+            str(image),
+            str(out),
+            "--class-names",
+            "cat",
+            "sky",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "TORCH_MODULES []" in proc.stdout
+    from PIL import Image
+
+    assert Image.open(out).size == (56, 40)
