@@ -3,9 +3,9 @@
 
 Why not Hugging Face ``tokenizers``: open_clip cleans text with ``ftfy.fix_text`` and a double
 ``html.unescape`` before splitting, and ``tokenizers`` has no such normaliser, so it could not
-reproduce the cleaning step exactly (the strings on which it would differ were not measured). This module does the
-same cleaning (ftfy, html), the same split (``regex``, open_clip's pattern), the same
-byte-to-unicode map and the same merge-rank BPE, reading the merges from open_clip's
+reproduce the cleaning step exactly (the strings on which it would differ were not measured).
+This module does the same cleaning (ftfy, html), the same split (``regex``, open_clip's pattern),
+the same byte-to-unicode map and the same merge-rank BPE, reading the merges from open_clip's
 ``bpe_simple_vocab_16e6.txt.gz`` (copied into an exported folder). Needs only ``ftfy`` and
 ``regex``; tested token for token against open_clip (tests/deploy/test_open_vocab.py).
 """
