@@ -17,7 +17,7 @@ only (no torch):
 
 import os
 import shutil
-from typing import Optional
+from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
@@ -171,3 +171,36 @@ def export_open_vocab(
     path = os.path.join(folder, DEPLOY_JSON)
     atomic_save_json(path, meta)
     return path
+
+
+def parity_check_folder(
+    model: nn.Module,
+    folder: str,
+    vocabularies: Sequence[Sequence[str]],
+    sizes: Sequence[Tuple[int, int]],
+    seed: int = 0,
+) -> Dict[str, float]:
+    """Largest relative difference (max |diff| / max |reference|) between the torch-free
+    runtime of ``folder`` and PyTorch, for the text embeddings and the logits of each vocabulary
+    at each image size: ``{"text": ..., "logits": ...}``."""
+    import numpy as np
+
+    from .runtime import Segmenter
+
+    seg = Segmenter(folder, resize=False)
+    g = torch.Generator().manual_seed(seed)
+    worst = {"text": 0.0, "logits": 0.0}
+
+    def rel(a, b):
+        return float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-12))
+
+    for names in vocabularies:
+        ref_text = model.text_embeddings(list(names)).detach().float().cpu().numpy()
+        worst["text"] = max(worst["text"], rel(seg.text_embeddings(names), ref_text))
+        baked = ExportableSegmenter(model, names).cpu()
+        for h, w in sizes:
+            image = torch.randint(0, 256, (3, h, w), generator=g).float()
+            with torch.no_grad():
+                ref = baked(image[None])[0].numpy()
+            worst["logits"] = max(worst["logits"], rel(seg.logits(image.numpy(), names), ref))
+    return worst

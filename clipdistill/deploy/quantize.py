@@ -9,7 +9,6 @@ images, ``tools/export_model.py --int8``).
 
 import os
 from typing import Iterable, List, Optional, Sequence
-
 import numpy as np
 
 from .runtime import Segmenter, resize_shortest_edge

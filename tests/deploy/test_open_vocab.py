@@ -189,3 +189,25 @@ def test_int8_student_runs_and_agrees_with_fp32(exported):
         agreement.append(float((a.argmax(1) == b.argmax(1)).mean()))
     print("int8 agreement", agreement)
     assert np.mean(agreement) >= INT8_MIN_AGREEMENT, agreement
+
+
+def test_export_and_eval_tools(tmp_path, tiny_opts, capsys):
+    from common import VOC20_TOY_CONFIG, load_tool, make_tiny_toy
+
+    _, train, val = make_tiny_toy(tmp_path / "data", "ovexport")
+    out = tmp_path / "deploy"
+    rc = load_tool("export_open_vocab").main(
+        ["--config-file", VOC20_TOY_CONFIG, "--output", str(out), "--int8-images", "3"]
+        + ["--calib-dataset", train, "--parity-sizes", "48x64"]
+        + list(tiny_opts)
+    )
+    assert rc == 0, capsys.readouterr()
+    assert "parity" in capsys.readouterr().out
+    for f in ("student.onnx", "student.int8.onnx", "text.onnx", "deploy.json"):
+        assert (out / f).is_file(), f
+    evaluate = load_tool("eval_onnx").main
+    for student in ("student.onnx", "student.int8.onnx"):
+        assert evaluate(["--folder", str(out), "--dataset", val, "--student", student]) == 0
+        text = capsys.readouterr().out
+        results = json.loads(text[text.index("{") :])
+        assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0
