@@ -211,3 +211,22 @@ def test_export_and_eval_tools(tmp_path, tiny_opts, capsys):
         text = capsys.readouterr().out
         results = json.loads(text[text.index("{") :])
         assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0
+
+
+def test_bench_backbones_tool(tmp_path, tiny_opts, capsys):
+    from common import VOC20_TOY_CONFIG, load_tool
+
+    out = tmp_path / "bb"
+    rc = load_tool("bench_backbones").main(
+        ["--config-file", VOC20_TOY_CONFIG, "--output", str(out), "--size", "64"]
+        + ["--backbones", "test_efficientnet", "no_such_backbone", "--runs", "1", "--warmup", "0"]
+        + ["--calib-images", "2"]
+        + list(tiny_opts)
+    )
+    assert rc == 0
+    report = json.load(open(out / "backbones.json"))["results"]
+    assert "error" in report["no_such_backbone"]
+    r = report["test_efficientnet"]
+    assert set(r["latency"]) == {"eager", "onnx_fp32", "onnx_int8"}
+    assert r["gmacs"] > 0 and all(v > 0 for v in r["gmac_per_s"].values())
+    assert "| test_efficientnet |" in capsys.readouterr().out
