@@ -230,3 +230,17 @@ def test_bench_backbones_tool(tmp_path, tiny_opts, capsys):
     assert set(r["latency"]) == {"eager", "onnx_fp32", "onnx_int8"}
     assert r["gmacs"] > 0 and all(v > 0 for v in r["gmac_per_s"].values())
     assert "| test_efficientnet |" in capsys.readouterr().out
+
+
+def test_web_demo_handler_runs_on_the_runtime(exported):
+    from clipdistill.deploy.web import OnnxPredictor, segment_for_web
+
+    _, folder = exported
+    predictor = OnnxPredictor(folder, ["cat", "dog"])
+    image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    overlay, legend, status = segment_for_web(predictor, image, "red circle, empty background")
+    assert overlay is not None and overlay.shape[2] == 3, status
+    assert predictor.class_names == ["red circle", "empty background"]
+    assert "of 2 classes present" in status
+    _, _, status = segment_for_web(predictor, image, "cat, cat")
+    assert status.startswith("**Error:**")
