@@ -17,7 +17,7 @@ only (no torch):
 
 import os
 import shutil
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
@@ -25,6 +25,7 @@ from ..modeling.clip.text import template_strings
 from ..utils.errors import ConfigError
 from ..utils.io import atomic_path, atomic_save_json, ensure_writable_dir
 from .export import ExportableSegmenter, _quiet_export
+from .runtime import format_template
 
 __all__ = ["OpenVocabStudent", "TextTower", "export_open_vocab", "DEPLOY_JSON"]
 
@@ -127,6 +128,34 @@ def export_onnx_pair(model: nn.Module, folder: str, example_size=(64, 64), opset
     return paths
 
 
+#: names that exercise a template: vowel and consonant starts, case, a multi-word name
+_PROBE_NAMES = ("red star", "orange ring", "Apple", "empty background", "tv")
+
+
+def portable_templates(templates) -> List[str]:
+    """Each template as a string the runtime formats (``format_template``), checked on probe
+    names against the template itself. A callable that puts "a"/"an" before the name (the
+    testbed's caption grammar) becomes ``"{article} {}..."``.
+
+    Raises:
+        ConfigError: a callable template that neither form reproduces (naming it)."""
+    out = []
+    for t, plain in zip(templates, template_strings(templates)):
+        candidates = [plain]
+        for lead in ("a|an {}", "a {}"):  # -> "{article} {}": "a red star", "an orange ring"
+            if lead in plain:
+                candidates.append(plain.replace(lead, "{article} {}", 1))
+        want = [t.format(n) if isinstance(t, str) else t(n) for n in _PROBE_NAMES]
+        good = [c for c in candidates if [format_template(c, n) for n in _PROBE_NAMES] == want]
+        if not good:
+            raise ConfigError(
+                f"prompt template {plain!r} ({t!r}) cannot be stored for the runtime: it is "
+                "neither a str.format template nor one with an 'a'/'an' article before the name"
+            )
+        out.append(good[0])
+    return out
+
+
 def export_open_vocab(
     model: nn.Module,
     folder: str,
@@ -157,7 +186,7 @@ def export_open_vocab(
         "text": "text.onnx",
         "bpe": "bpe_simple_vocab_16e6.txt.gz",
         "context_length": paths["context_length"],
-        "templates": template_strings(encoder.templates),
+        "templates": portable_templates(encoder.templates),
         "templates_name": encoder.templates_name,
         "input_format": input_format,
         "min_size_test": min_size_test,

@@ -17,7 +17,7 @@ import numpy as np
 
 from .tokenizer import BPETokenizer
 
-__all__ = ["Segmenter", "load_deploy_json", "resize_shortest_edge"]
+__all__ = ["Segmenter", "format_template", "load_deploy_json", "resize_shortest_edge"]
 
 
 def load_deploy_json(folder: str) -> dict:
@@ -57,6 +57,14 @@ def resize_shortest_edge(
         s = max_size / max(nh, nw)
         nh, nw = nh * s, nw * s
     return int(nh + 0.5), int(nw + 0.5)
+
+
+def format_template(template: str, name: str) -> str:
+    """A stored prompt template with ``name`` in its ``{}`` and the name's indefinite article
+    (the testbed's ``noun_phrase`` rule) in ``{article}``
+    (``clipdistill.deploy.open_vocab.portable_templates``)."""
+    art = "an" if name.strip()[:1].lower() in "aeiou" else "a"
+    return template.replace("{article}", art).format(name)
 
 
 class Segmenter:
@@ -107,7 +115,7 @@ class Segmenter:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        prompts = [t.format(n) for n in names for t in self.templates]
+        prompts = [format_template(t, n) for n in names for t in self.templates]
         tokens = self.tokenizer(prompts)
         emb = self.text.run(None, {"tokens": tokens})[0].astype(np.float32)
         emb = emb.reshape(len(names), len(self.templates), -1)

@@ -244,3 +244,20 @@ def test_web_demo_handler_runs_on_the_runtime(exported):
     assert "of 2 classes present" in status
     _, _, status = segment_for_web(predictor, image, "cat, cat")
     assert status.startswith("**Error:**")
+
+
+def test_templates_with_articles_are_stored_for_the_runtime():
+    import clipdistill.testbed  # noqa: F401  (registers the "caption" templates)
+    from clipdistill.deploy.open_vocab import portable_templates
+    from clipdistill.deploy.runtime import format_template
+    from clipdistill.modeling.clip.text import PROMPT_TEMPLATES
+    from clipdistill.utils.errors import ConfigError
+
+    caption = PROMPT_TEMPLATES["caption"]
+    stored = portable_templates(caption)
+    for name in ("orange ring", "red star", "empty background"):
+        assert format_template(stored[0], name) == caption[0](name)
+    assert format_template(stored[0], "orange ring").startswith("an ")
+    assert portable_templates(PROMPT_TEMPLATES["vild"]) == list(PROMPT_TEMPLATES["vild"])
+    with pytest.raises(ConfigError, match="cannot be stored"):
+        portable_templates([lambda n: n.upper()])
