@@ -49,6 +49,6 @@ setup(
         # tools/export_model.py (ONNX, onnxruntime; onnxscript for --onnx-exporter dynamo),
         # tools/web_demo.py (gradio) and its browser test (playwright + Debian's chromium,
         # scripts/install_browser.sh)
-        "deploy": ["onnx", "onnxruntime", "onnxscript", "gradio>=5", "playwright"],
+        "deploy": ["onnx", "onnxruntime", "onnxscript", "ftfy", "regex", "gradio>=5", "playwright"],
     },
 )

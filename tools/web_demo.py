@@ -14,10 +14,10 @@ import argparse
 import logging
 import sys
 
-from detectron2.utils.logger import setup_logger
-
 from clipdistill.config import get_clipdistill_cfg
 from clipdistill.utils.cli import config_argument_parser, parse_config_args, run_tool
+
+from detectron2.utils.logger import setup_logger
 
 PROG = "web_demo.py"
 
@@ -29,7 +29,21 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="NAME",
-        help="initial vocabulary shown on the page (default: training classes)",
+        help="initial vocabulary shown on the page (default: every class of the testbed world, "
+        "seen and unseen)",
+    )
+    parser.add_argument(
+        "--onnx",
+        default="",
+        metavar="FOLDER",
+        help="run on an open-vocabulary export (tools/export_open_vocab.py) with the torch-free "
+        "runtime instead of the PyTorch model (the config is then not read)",
+    )
+    parser.add_argument(
+        "--onnx-student",
+        default=None,
+        metavar="FILE",
+        help="student graph in the --onnx folder (e.g. student.int8.onnx; default the fp32 one)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on")
@@ -46,11 +60,16 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     logger = logging.getLogger("clipdistill.web_demo")
 
+    from clipdistill.data.synthetic.world import DEFAULT_WORLD
     from clipdistill.deploy import SegPredictor
-    from clipdistill.deploy.web import build_app, launch
+    from clipdistill.deploy.web import OnnxPredictor, build_app, launch
 
-    cfg = get_clipdistill_cfg(args.config_file, args.opts)
-    predictor = SegPredictor(cfg, class_names=args.class_names)
+    names = args.class_names or DEFAULT_WORLD.class_names
+    if args.onnx:
+        predictor = OnnxPredictor(args.onnx, names, student=args.onnx_student)
+    else:
+        cfg = get_clipdistill_cfg(args.config_file, args.opts)
+        predictor = SegPredictor(cfg, class_names=names)
     app = build_app(predictor)
     logger.info(f"serving on http://{args.host}:{args.port}")
     launch(app, host=args.host, port=args.port, block=True)

@@ -13,15 +13,47 @@ import logging
 import os
 import threading
 from typing import Optional, Sequence, Tuple
-
 import numpy as np
 
-from ..utils.visualize import classes_present
-from .predictor import SegPredictor, parse_class_names, read_image_rgb, to_rgb_uint8
+from ..modeling.clip.text import check_class_names
+from ..utils.visualize import class_colors, classes_present, overlay_with_legend
+from .predictor import SegPredictor, SegResult, parse_class_names, read_image_rgb, to_rgb_uint8
 
-__all__ = ["build_app", "launch", "segment_for_web", "legend_html", "image_from_upload"]
+__all__ = [
+    "OnnxPredictor",
+    "build_app",
+    "launch",
+    "segment_for_web",
+    "legend_html",
+    "image_from_upload",
+]
 
 logger = logging.getLogger(__name__)
+
+
+class OnnxPredictor:
+    """The web demo's predictor interface (``set_class_names``, ``__call__`` -> ``SegResult``,
+    ``overlay``, ``colors``, ``class_names``) on an open-vocabulary export, run by the
+    torch-free ``clipdistill.deploy.runtime.Segmenter`` (``student``: e.g. the int8 graph)."""
+
+    def __init__(self, folder: str, class_names: Sequence[str], student: Optional[str] = None):
+        from .runtime import Segmenter
+
+        self.segmenter = Segmenter(folder, student=student)
+        self.set_class_names(class_names)
+
+    def set_class_names(self, class_names: Sequence[str]):
+        self.class_names = check_class_names(class_names)
+        self.segmenter.text_embeddings(self.class_names)  # computed once, cached
+        self.colors = class_colors(len(self.class_names), None)
+        return self.class_names
+
+    def __call__(self, image_rgb: np.ndarray) -> SegResult:
+        label = self.segmenter.segment(image_rgb, self.class_names).astype(np.int32)
+        return SegResult(label=label, scores=None, class_names=list(self.class_names))
+
+    def overlay(self, image_rgb: np.ndarray, result: SegResult, alpha: float = 0.5) -> np.ndarray:
+        return overlay_with_legend(image_rgb, result.label, result.class_names, self.colors, alpha)
 
 
 def legend_html(label: np.ndarray, class_names: Sequence[str], colors: np.ndarray) -> str:

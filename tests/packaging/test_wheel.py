@@ -38,7 +38,7 @@ def test_wheel_holds_every_data_file(tmp_path):
     # the files the loaders open by path: they must be among the walked ones
     for required in (
         "clipdistill/modeling/clip/model_configs/ViT-T-16-toy.json",
-        "clipdistill/testbed/model_configs/CNN-8-testbed.json",
+        "clipdistill/testbed/model_configs/CNN-4-testbed.json",
         "clipdistill/testbed/model_configs/ViT-8-testbed.json",
         "clipdistill/data/datasets/class_names/voc20.txt",
     ):

@@ -1,0 +1,113 @@
+"""Backbone candidates of a CPU-fast student: latency of the eager student and of its ONNX
+fp32 / int8 exports, GMACs and the achieved GMAC/s (GMACs / median latency), at one input size.
+
+The exports are made by the caller (``tools/bench_backbones.py`` with ``clipdistill.deploy``:
+the benchmark layer does not import the deploy layer); this module builds each candidate,
+counts its MACs and times the runners interleaved (``time_interleaved``), so that a change in
+the machine's load affects them alike.
+"""
+
+import logging
+from typing import Callable, Dict, Optional, Sequence
+import numpy as np
+import torch
+
+from detectron2.modeling import build_model
+
+from ..utils.timing import summarize, time_interleaved
+from .flops import count_flops
+
+__all__ = [
+    "CANDIDATE_BACKBONES",
+    "backbone_cfg",
+    "build_candidate",
+    "format_backbone_table",
+    "measure_candidate",
+]
+
+logger = logging.getLogger(__name__)
+
+#: timm backbones of issue 22 (MODEL.TIMM.NAME); random weights are enough for speed
+CANDIDATE_BACKBONES = (
+    "efficientnet_b0",
+    "efficientnet_lite0",
+    "mobilenetv3_large_100",
+    "mobilenetv4_conv_small",
+    "repvit_m1",
+    "fastvit_t8",
+    "resnet18d",
+)
+
+
+def backbone_cfg(cfg, name: str):
+    """A copy of ``cfg`` with the student's timm backbone ``name``, random weights, on the CPU."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.TIMM.NAME = name
+    cfg.MODEL.TIMM.WEIGHTS = ""
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
+
+
+def build_candidate(cfg, name: str) -> torch.nn.Module:
+    """The student of ``cfg`` with the backbone ``name`` (eval mode, CPU)."""
+    return build_model(backbone_cfg(cfg, name)).eval()
+
+
+def measure_candidate(
+    module: Callable[[torch.Tensor], torch.Tensor],
+    size: int,
+    onnx_runners: Optional[Dict[str, Callable[[np.ndarray], object]]] = None,
+    runs: int = 10,
+    warmup: int = 2,
+    flops_module: Optional[torch.nn.Module] = None,
+) -> Dict[str, object]:
+    """Median latency of the eager ``module`` (image ``[1, 3, size, size]`` 0..255 -> logits)
+    and of each runner in ``onnx_runners`` (same input as numpy), the GMACs of ``flops_module``
+    (default ``module``; ``count_flops``: one multiply-add = one flop) and the achieved GMAC/s
+    of each runner."""
+    x = torch.randint(0, 256, (1, 3, size, size)).float()
+    xn = x.numpy()
+
+    def eager():
+        with torch.no_grad():
+            module(x)
+
+    calls = {"eager": eager}
+    for name, run in (onnx_runners or {}).items():
+        calls[name] = lambda run=run: run(xn)
+    times = {k: summarize(v) for k, v in time_interleaved(calls, runs, warmup).items()}
+    flops = count_flops(flops_module or module, x)
+    out: Dict[str, object] = {"size": size, "runs": runs, "warmup": warmup, "latency": times}
+    out["gmacs"] = None if flops is None else flops / 1e9
+    if flops is not None:
+        out["gmac_per_s"] = {k: flops / 1e9 / (t["median_ms"] / 1000) for k, t in times.items()}
+    return out
+
+
+def format_backbone_table(results: Dict[str, dict], names: Sequence[str]) -> str:
+    """A markdown table backbone x latency (ms) of each runner, GMACs, GMAC/s."""
+    runners = []
+    for r in results.values():
+        runners += [k for k in r.get("latency", {}) if k not in runners]
+    head = "| backbone | " + " | ".join(f"{k} ms" for k in runners) + " | GMACs | "
+    head += " | ".join(f"{k} GMAC/s" for k in runners) + " |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(runners))]
+    for name in names:
+        r = results.get(name)
+        if r is None:
+            continue
+        if "error" in r:
+            lines.append(f"| {name} | {r['error']} |")
+            continue
+        lat = [f"{r['latency'][k]['median_ms']:.1f}" if k in r["latency"] else "" for k in runners]
+        g = r.get("gmacs")
+        rate = [
+            f"{r['gmac_per_s'][k]:.1f}" if g is not None and k in r["latency"] else ""
+            for k in runners
+        ]
+        gm = f"{g:.2f}" if g is not None else "n/a"
+        lines.append(f"| {name} | " + " | ".join(lat) + f" | {gm} | " + " | ".join(rate) + " |")
+    return "\n".join(lines)
