@@ -214,3 +214,36 @@ def test_kill_9_during_a_checkpoint_write_loses_nothing(toy, tmp_path):
     final = torch.load(out / "model_final.pth", weights_only=True)
     assert final["iteration"] == 3
     assert not [f for f in os.listdir(out) if f.startswith(".")]  # the killed write's leftover
+
+
+def test_resume_after_a_kill_before_the_final_write_writes_model_final(toy, tmp_path, monkeypatch):
+    """A finished run (2 steps) is extended to 4 and dies after its last periodic checkpoint
+    (model_0000003.pth) but before model_final.pth: the old model_final.pth (iteration 1) is
+    still there. --resume has nothing left to train, and must still write model_final.pth of
+    iteration 3 (not report the stale one)."""
+    out = tmp_path / "out"
+    assert train_net.invoke_main(_argv(toy, out, "SOLVER.MAX_ITER", "2")) == 0
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 1
+
+    real_save = SegmenterCheckpointer.save
+
+    def die_before_final(self, name, **kwargs):
+        if name == "model_final":
+            raise _Stop()
+        return real_save(self, name, **kwargs)
+
+    opts = ("SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "--resume")
+    monkeypatch.setattr(SegmenterCheckpointer, "save", die_before_final)
+    with pytest.raises(_Stop):
+        train_net.invoke_main(_argv(toy, out, *opts))
+    monkeypatch.setattr(SegmenterCheckpointer, "save", real_save)
+    assert (out / "model_0000003.pth").exists()
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 1  # stale
+
+    assert train_net.invoke_main(_argv(toy, out, *opts)) == 0
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    last = torch.load(out / "model_0000003.pth", weights_only=True)
+    assert final["iteration"] == 3
+    for k in last["model"]:
+        assert torch.equal(final["model"][k], last["model"][k]), k
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
