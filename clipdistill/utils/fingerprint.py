@@ -96,17 +96,18 @@ def file_fingerprint(path: str, data: Optional[bytes] = None) -> List:
     return [int(st.st_size), int(st.st_mtime_ns), content]
 
 
-def file_change(path: str, recorded: Sequence) -> Optional[str]:
+def file_change(path: str, recorded: Sequence, rehash: bool = False) -> Optional[str]:
     """What changed in the file ``path`` since its ``file_fingerprint`` ``recorded``: None when
     it is the same input, else ``"missing"``, ``"size A -> B bytes"`` or ``"content (sha256)
     changed"``. Size and time are compared first; a file with a new time but the same size is
-    re-hashed."""
+    re-hashed, and with ``rehash`` every file of the same size is (new content under the same
+    size and time: a copy that keeps times, a clock reset)."""
     try:
         st = os.stat(path)
     except OSError:
         return "missing"
     size, mtime, content = recorded
-    if st.st_size == size and st.st_mtime_ns == mtime:
+    if st.st_size == size and st.st_mtime_ns == mtime and not rehash:
         return None
     if st.st_size != size:
         return f"size {size} -> {st.st_size} bytes"
