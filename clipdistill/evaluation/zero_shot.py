@@ -87,7 +87,8 @@ class AtomicSemSegEvaluator(SemSegEvaluator):
             with atomic_write(os.path.join(output_dir, "sem_seg_predictions.json"), "w") as f:
                 f.write(json.dumps(self._predictions))
             with atomic_write(os.path.join(output_dir, "sem_seg_evaluation.pth")) as f:
-                torch.save(dict(results["sem_seg"]), f)
+                # plain floats: readable by a weights-only load (no numpy scalars to unpickle)
+                torch.save({k: float(v) for k, v in results["sem_seg"].items()}, f)
         return results
 
     def _add_metrics(self, res: Dict[str, float]) -> None:
