@@ -12,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..modeling.segmenter import OpenVocabSegmenter
 from ..utils.errors import UserError
 from ..utils.io import atomic_write, is_temp_name, remove_stale_temps
+from ..utils.safe_pickle import restricted_load
 
 __all__ = ["SegmenterCheckpointer", "CheckpointMismatchError", "UnreadableCheckpointError"]
 
@@ -41,7 +42,9 @@ class SegmenterCheckpointer(DetectionCheckpointer):
     checkpoint, and ``last_checkpoint`` always names a complete one. Overwriting a checkpoint that
     this checkpointer did not write (an earlier run's) is logged.
 
-    Reading: a truncated or damaged file, or one that is not a checkpoint, raises
+    Reading: ``.pth`` files are loaded weights-only (torch's default) and ``.pkl`` files with a
+    restricted unpickler (``clipdistill.utils.safe_pickle``), so no weights file runs code. A
+    truncated or damaged file, or one that is not a checkpoint, raises
     :class:`UnreadableCheckpointError` naming it. ``resume_or_load(resume=True)`` falls back from
     an unreadable last checkpoint (or an empty or dangling ``last_checkpoint``) to the newest
     readable checkpoint of ``save_dir``, saying which and why.
@@ -93,6 +96,30 @@ class SegmenterCheckpointer(DetectionCheckpointer):
             return super().load(path, *args, **kwargs)
         finally:
             self._parsed_url_during_load = None  # detectron2 leaves it set when a load fails
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        """detectron2's, but a ``.pkl`` (detectron2 model zoo, Caffe2) is read with a restricted
+        unpickler (numpy arrays and plain containers only: a crafted file cannot run code)."""
+        if not filename.endswith(".pkl"):
+            return super()._load_file(filename)
+        try:
+            with open(filename, "rb") as f:
+                data = restricted_load(f, encoding="latin1")
+            if not isinstance(data, dict):
+                raise TypeError(f"a {type(data).__name__}, not a dict")
+        except Exception as e:
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise UnreadableCheckpointError(
+                f"Checkpoint {filename} is unreadable as .pkl weights (only numpy arrays in plain "
+                f"containers are loaded): {type(e).__name__}: {first}"
+            ) from e
+        if "model" in data and "__author__" in data:  # detectron2 model-zoo format
+            self.logger.info(f"Reading a file from '{data['__author__']}'")
+            return data
+        if "blobs" in data:  # Caffe2 / Detectron1 model zoo
+            data = data["blobs"]
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
 
     def _torch_load(self, f: str) -> Dict[str, Any]:
         try:
