@@ -8,7 +8,9 @@ import os
 import shutil
 import subprocess
 import sys
+import struct
 import uuid
+import zipfile
 
 import pytest
 import torch
@@ -247,3 +249,26 @@ def test_resume_after_a_kill_before_the_final_write_writes_model_final(toy, tmp_
     for k in last["model"]:
         assert torch.equal(final["model"][k], last["model"][k]), k
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_found_by_its_checksum(saved, warnings_of_checkpointer):
+    """Each checkpoint gets a sha256 beside it (``<name>.pth.sha256``); a checkpoint whose bytes
+    no longer match (a flipped bit in a tensor, which torch's loader does not notice) is
+    unreadable, and the resume falls back to the newest good one, naming it."""
+    model, out = saved
+    assert (out / "model_final.pth.sha256").is_file()
+    path = out / "model_final.pth"
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:  # the largest tensor's bytes
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    name_len, extra_len = struct.unpack(
+        "<HH", data[info.header_offset + 26 : info.header_offset + 30]
+    )
+    at = info.header_offset + 30 + name_len + extra_len
+    data[at + 7] ^= 0x10
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=True)  # torch itself loads it silently
+    ck = SegmenterCheckpointer(model, str(out))
+    extra = ck.resume_or_load("", resume=True)
+    assert ck.resumed_from == str(out / "model_0000001.pth") and extra["iteration"] == 1
+    assert any("model_final.pth" in m and "sha256" in m for m in warnings_of_checkpointer)
