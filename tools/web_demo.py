@@ -18,6 +18,7 @@ from detectron2.utils.logger import setup_logger
 
 from clipdistill.config import get_clipdistill_cfg
 from clipdistill.utils.cli import config_argument_parser, parse_config_args, run_tool
+from clipdistill.utils.cli import port_number
 
 PROG = "web_demo.py"
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="initial vocabulary shown on the page (default: training classes)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument("--port", type=port_number, default=7860, help="port to listen on")
     return parser
 
 
