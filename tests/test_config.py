@@ -236,3 +236,20 @@ def test_maskclip_config_of_the_earlier_layout_keeps_its_clip(tmp_path, caplog):
     assert "MODEL.MASKCLIP.CLIP" in caplog.text
     new = get_clipdistill_cfg(str(old), ["MODEL.MASKCLIP.CLIP.DENSE_METHOD", "naclip"])
     assert new.MODEL.MASKCLIP.CLIP.NAME == "ViT-B-16"  # its own CLIP, the teacher's ignored
+
+
+def test_a_config_file_cannot_run_code(tmp_path):
+    """Configs are read with safe YAML: a Python tag (``!!python/object/apply``) is a ConfigError
+    naming the file, not a call; also through a _BASE_ file."""
+    from clipdistill.config import get_clipdistill_cfg
+    from clipdistill.utils.errors import ConfigError
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"SEED: !!python/object/apply:os.mkdir ['{marker}']\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("_BASE_: evil.yaml\nSEED: 3\n")
+    for path in (evil, child):
+        with pytest.raises(ConfigError, match="evil.yaml"):
+            get_clipdistill_cfg(str(path))
+        assert not marker.exists()

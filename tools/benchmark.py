@@ -27,6 +27,7 @@ from detectron2.utils.logger import setup_logger
 from clipdistill.benchmark import format_table, run_benchmark, vocabulary_sweep
 from clipdistill.config import get_clipdistill_cfg
 from clipdistill.utils.cli import config_argument_parser, parse_config_args, run_tool
+from clipdistill.utils.cli import positive_int, positive_int_list
 from clipdistill.utils.io import atomic_save_json, ensure_writable_dir
 
 PROG = "benchmark.py"
@@ -35,15 +36,17 @@ PROG = "benchmark.py"
 def parse_args(argv=None):
     p = config_argument_parser(PROG, __doc__)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: MODEL.DEVICE)")
-    p.add_argument("--size", type=int, default=512, help="square inference input side")
-    p.add_argument("--batch-size", type=int, default=1, help="inference batch size")
-    p.add_argument("--iters", type=int, default=10, help="timed iterations (median reported)")
+    p.add_argument("--size", type=positive_int, default=512, help="square inference input side")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="inference batch size")
+    p.add_argument(
+        "--iters", type=positive_int, default=10, help="timed iterations (median reported)"
+    )
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
-    p.add_argument("--train-iters", type=int, default=None, help="default: --iters")
+    p.add_argument("--train-iters", type=positive_int, default=None, help="default: --iters")
     p.add_argument(
         "--train-batch-size", type=int, default=None, help="default: SOLVER.IMS_PER_BATCH"
     )
-    p.add_argument("--train-size", type=int, default=None, help="default: INPUT.CROP.SIZE")
+    p.add_argument("--train-size", type=positive_int, default=None, help="default: INPUT.CROP.SIZE")
     p.add_argument(
         "--segmenter-config",
         action="append",
@@ -65,12 +68,18 @@ def parse_args(argv=None):
     p.add_argument("--output", default=None, help="write the results as JSON here")
     p.add_argument(
         "--vocabulary-sweep",
-        default="",
+        default=[],
+        type=positive_int_list,
         metavar="K1,K2,...",
         help="instead: latency of the segmenter of --config-file (and of each "
         "--segmenter-config) against vocabulary size (e.g. 5,20,59,150) at each --sweep-sizes",
     )
-    p.add_argument("--sweep-sizes", default="224,512", help="image sides of --vocabulary-sweep")
+    p.add_argument(
+        "--sweep-sizes",
+        default=[224, 512],
+        type=positive_int_list,
+        help="image sides of --vocabulary-sweep",
+    )
     return parse_config_args(p, argv, require_config=False)
 
 
@@ -132,8 +141,8 @@ def _sweep(cfg, args) -> list:
     rows = vocabulary_sweep(
         [cfg] + [get_clipdistill_cfg(f, args.opts) for f in args.segmenter_config],
         device=args.device,
-        sizes=[int(x) for x in args.sweep_sizes.split(",")],
-        vocabulary_sizes=[int(x) for x in args.vocabulary_sweep.split(",")],
+        sizes=args.sweep_sizes,
+        vocabulary_sizes=args.vocabulary_sweep,
         iters=args.iters,
         warmup=args.warmup,
     )

@@ -45,8 +45,11 @@ def main(args):
             if comm.is_main_process():
                 cache = TeacherCache(directory, cache_key(cfg, name), verify=True)
                 cache.verify_all()
-                cache.check_images()
-                log.info(f"Teacher cache {directory}: {len(cache)} images, all shards verified.")
+                cache.check_images(rehash=True)
+                log.info(
+                    f"Teacher cache {directory}: {len(cache)} images re-hashed and unchanged, "
+                    "all shards verified."
+                )
             continue
         res = build_teacher_cache(cfg, name, cache_dir=directory, overwrite=args.overwrite)
         # printed by every process (detectron2 logs to the console from rank 0 only)
@@ -72,7 +75,7 @@ def invoke_main(argv=None) -> int:
     parser.add_argument(
         "--verify",
         action="store_true",
-        help="check every shard's sha256 and that no image changed since the build",
+        help="check every shard's sha256 and re-hash every image against the build's",
     )
     args = parse_config_args(parser, argv)
     return launch_tool(PROG, main, args)

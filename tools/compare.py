@@ -30,7 +30,7 @@ from clipdistill.benchmark.compare import (
     run_comparison,
     write_comparison,
 )
-from clipdistill.utils.cli import add_debug_argument, run_tool, split_config_overrides
+from clipdistill.utils.cli import add_debug_argument, positive_int, run_tool, split_config_overrides
 
 PROG = "compare.py"
 
@@ -53,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, metavar="DIR")
     p.add_argument("--evaluate", choices=EVALUATE_CHOICES, default="missing")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: each MODEL.DEVICE)")
-    p.add_argument("--size", type=int, default=512, help="square test image side")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--iters", type=int, default=10, help="timed iterations (median reported)")
+    p.add_argument("--size", type=positive_int, default=512, help="square test image side")
+    p.add_argument("--batch-size", type=positive_int, default=1)
+    p.add_argument(
+        "--iters", type=positive_int, default=10, help="timed iterations (median reported)"
+    )
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--skip-flops", action="store_true")
     p.add_argument(

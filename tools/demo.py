@@ -22,6 +22,7 @@ from detectron2.utils.logger import setup_logger
 
 from clipdistill.config import get_clipdistill_cfg
 from clipdistill.utils.cli import config_argument_parser, parse_config_args, report_error, run_tool
+from clipdistill.utils.cli import positive_int, unit_float
 
 PROG = "demo.py"
 
@@ -43,11 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the vocabulary (words or quoted phrases); default: the training classes",
     )
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=1, help="images per forward pass"
+    )
     parser.add_argument(
         "--save-scores", action="store_true", help="also write per-class score maps (.npz)"
     )
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    parser.add_argument("--alpha", type=unit_float, default=0.5, help="overlay opacity")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

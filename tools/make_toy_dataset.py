@@ -20,7 +20,7 @@ from clipdistill.data.datasets.register_testbed import TESTBED_SUBDIR
 from clipdistill.data.datasets.register_voc import VOC_TOY_SUBDIR
 from clipdistill.data.synthetic.writer import generate_testbed
 from clipdistill.data.voc20_toy import generate_toy_voc
-from clipdistill.utils.cli import add_debug_argument, run_tool
+from clipdistill.utils.cli import add_debug_argument, positive_int, run_tool
 
 # dataset -> (generator, default root, default num_train, num_val, size)
 DATASETS = {
@@ -33,9 +33,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="testbed")
     parser.add_argument("--root", help="output folder (default: $DETECTRON2_DATASETS/<subdir>)")
-    parser.add_argument("--num-train", type=int)
-    parser.add_argument("--num-val", type=int)
-    parser.add_argument("--size", type=int)
+    parser.add_argument("--num-train", type=positive_int)
+    parser.add_argument("--num-val", type=positive_int)
+    parser.add_argument("--size", type=positive_int)
     parser.add_argument("--seed", type=int, default=0)
     add_debug_argument(parser)
     args = parser.parse_args(argv)

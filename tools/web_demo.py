@@ -16,6 +16,7 @@ import sys
 
 from clipdistill.config import get_clipdistill_cfg
 from clipdistill.utils.cli import config_argument_parser, parse_config_args, run_tool
+from clipdistill.utils.cli import port_number
 
 from detectron2.utils.logger import setup_logger
 
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="student graph in the --onnx folder (e.g. student.int8.onnx; default the fp32 one)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument("--port", type=port_number, default=7860, help="port to listen on")
     return parser
 
 

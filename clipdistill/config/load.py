@@ -2,8 +2,9 @@
 
 The one way every tool (train_net, demo, benchmark...) and every nested config (a segmenter
 teacher's) is read: ``get_clipdistill_cfg(config_file, opts)``. Files are read as detectron2's
-``merge_from_file`` reads them (``_BASE_`` inheritance, relative to the file), with keys renamed
-since they were written converted file by file (``compat``).
+``merge_from_file`` reads them (``_BASE_`` inheritance, relative to the file), but with safe YAML
+only (a Python tag, which could run code, is an error), with keys renamed since they were written
+converted file by file (``compat``).
 """
 
 import logging
@@ -32,14 +33,18 @@ def _yacs_message(e: Exception) -> str:
 
 
 def _read_yaml(path: str) -> dict:
-    """One YAML file as a mapping (Python tags allowed, as detectron2's ``merge_from_file``)."""
+    """One YAML file as a mapping, read with safe YAML: a Python tag (``!!python/...``, which
+    detectron2's ``merge_from_file`` would execute) is a ``ConfigError`` naming the file."""
     with PathManager.open(path, "r") as f:
         text = f.read()
     try:
         tree = yaml.safe_load(text)
-    except yaml.constructor.ConstructorError:
-        logging.getLogger(__name__).warning(f"{path}: loaded with yaml.unsafe_load (Python tags)")
-        tree = yaml.unsafe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        where = f" (line {e.problem_mark.line + 1})" if e.problem_mark else ""
+        raise ConfigError(
+            f"{path}{where}: {e.problem}; configs are read with safe YAML (a Python tag could run "
+            "code): write the value as a plain YAML scalar, list or mapping"
+        ) from e
     if tree is None:
         return {}
     if not isinstance(tree, dict):
@@ -82,9 +87,12 @@ def _merge_file(cfg: CfgNode, config_file: str) -> None:
     try:
         loaded = type(cfg)(load_yaml_with_base(config_file))
         if loaded.get("VERSION", cfg.VERSION) != cfg.VERSION:
-            cfg.merge_from_file(config_file)  # detectron2 upgrades configs of its old versions
+            # detectron2 upgrades configs of its old versions (the file is safe YAML, checked)
+            cfg.merge_from_file(config_file, allow_unsafe=False)
         else:
             cfg.merge_from_other_cfg(loaded)
+    except ConfigError:
+        raise
     except (AssertionError, KeyError) as e:  # yacs reports unknown keys with assert
         raise ConfigKeyError(f"{config_file}: {_yacs_message(e)}") from e
     except OSError as e:  # a missing _BASE_ file, an unreadable file

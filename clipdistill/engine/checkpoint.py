@@ -1,6 +1,7 @@
 """Strict, atomic checkpointing of any clipdistill segmenter, with per-architecture key
 conversion and a resume that survives damaged checkpoints."""
 
+import contextlib
 import glob
 import os
 from typing import Any, Dict, List, Optional, Tuple
@@ -11,11 +12,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..modeling.segmenter import OpenVocabSegmenter
 from ..utils.errors import UserError
+from ..utils.fingerprint import sha256_file
 from ..utils.io import atomic_write, is_temp_name, remove_stale_temps
+from ..utils.safe_pickle import restricted_load
 
 __all__ = ["SegmenterCheckpointer", "CheckpointMismatchError", "UnreadableCheckpointError"]
 
 LAST_CHECKPOINT = "last_checkpoint"
+#: each checkpoint's sha256, written beside it (``model_final.pth.sha256``) and checked on load
+CHECKSUM_SUFFIX = ".sha256"
 
 
 class CheckpointMismatchError(UserError, ValueError):
@@ -38,10 +43,14 @@ class SegmenterCheckpointer(DetectionCheckpointer):
 
     Writing: a checkpoint and ``last_checkpoint`` are written to a temporary file and renamed
     (``clipdistill.utils.io.atomic_write``), so a kill or a full disk never leaves a partial
-    checkpoint, and ``last_checkpoint`` always names a complete one. Overwriting a checkpoint that
+    checkpoint, and ``last_checkpoint`` always names a complete one. Each checkpoint's sha256 is
+    written beside it (``<name>.pth.sha256``) and checked when it is loaded, so a damaged byte
+    that torch's loader would not notice makes it unreadable too. Overwriting a checkpoint that
     this checkpointer did not write (an earlier run's) is logged.
 
-    Reading: a truncated or damaged file, or one that is not a checkpoint, raises
+    Reading: ``.pth`` files are loaded weights-only (torch's default) and ``.pkl`` files with a
+    restricted unpickler (``clipdistill.utils.safe_pickle``), so no weights file runs code. A
+    truncated or damaged file, or one that is not a checkpoint, raises
     :class:`UnreadableCheckpointError` naming it. ``resume_or_load(resume=True)`` falls back from
     an unreadable last checkpoint (or an empty or dangling ``last_checkpoint``) to the newest
     readable checkpoint of ``save_dir``, saying which and why.
@@ -72,8 +81,17 @@ class SegmenterCheckpointer(DetectionCheckpointer):
                 + (" (this run resumed from it)" if self.resumed_from == path else "")
             )
         self.logger.info(f"Saving checkpoint to {path}")
+        sidecar = path + CHECKSUM_SUFFIX
         with atomic_write(path) as f:
             torch.save(data, f)
+            f.flush()
+            digest = sha256_file(f.name)
+            # the old checksum goes before the new file takes the name (a kill in between
+            # leaves a checkpoint without a checksum, loaded unchecked, never a wrong one)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(sidecar)
+        with atomic_write(sidecar, "w") as f:
+            f.write(f"{digest}  {basename}\n")
         self._written.add(os.path.abspath(path))
         self.tag_last_checkpoint(basename)
 
@@ -94,7 +112,41 @@ class SegmenterCheckpointer(DetectionCheckpointer):
         finally:
             self._parsed_url_during_load = None  # detectron2 leaves it set when a load fails
 
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        """detectron2's, but a ``.pkl`` (detectron2 model zoo, Caffe2) is read with a restricted
+        unpickler (numpy arrays and plain containers only: a crafted file cannot run code)."""
+        if not filename.endswith(".pkl"):
+            return super()._load_file(filename)
+        try:
+            with open(filename, "rb") as f:
+                data = restricted_load(f, encoding="latin1")
+            if not isinstance(data, dict):
+                raise TypeError(f"a {type(data).__name__}, not a dict")
+        except Exception as e:
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise UnreadableCheckpointError(
+                f"Checkpoint {filename} is unreadable as .pkl weights (only numpy arrays in plain "
+                f"containers are loaded): {type(e).__name__}: {first}"
+            ) from e
+        if "model" in data and "__author__" in data:  # detectron2 model-zoo format
+            self.logger.info(f"Reading a file from '{data['__author__']}'")
+            return data
+        if "blobs" in data:  # Caffe2 / Detectron1 model zoo
+            data = data["blobs"]
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
     def _torch_load(self, f: str) -> Dict[str, Any]:
+        sidecar = f + CHECKSUM_SUFFIX
+        if os.path.isfile(sidecar):
+            with open(sidecar, encoding="utf-8", errors="replace") as fh:
+                expected = (fh.read().split() or [""])[0]
+            actual = sha256_file(f)
+            if actual != expected:
+                raise UnreadableCheckpointError(
+                    f"Checkpoint {f} is unreadable (damaged): its sha256 {actual} differs from "
+                    f"{expected}, recorded in {sidecar} when it was written"
+                )
         try:
             loaded = super()._torch_load(f)
         except Exception as e:  # EOFError, zip errors, unpickling errors...

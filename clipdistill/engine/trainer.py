@@ -124,6 +124,18 @@ class Trainer(DefaultTrainer):
         if resume and self.checkpointer.resumed_from:
             # the checkpoint holds the iteration that had just finished
             self.start_iter = self.iter + 1
+            final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+            if self.start_iter >= self.max_iter and os.path.abspath(
+                self.checkpointer.resumed_from
+            ) != os.path.abspath(final):
+                # killed after the last periodic checkpoint but before (or while) writing
+                # model_final.pth: nothing is left to train, so write it now (else a stale
+                # model_final.pth of an earlier, shorter run would stand for this one)
+                logger.warning(
+                    f"Resumed from {self.checkpointer.resumed_from} at the end of training: "
+                    f"writing {final} (iteration {self.iter})."
+                )
+                self.checkpointer.save("model_final", iteration=self.iter)
 
     def build_hooks(self):
         """detectron2's hooks, and before the checkpointer (which only the main process runs)

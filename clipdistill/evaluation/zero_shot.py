@@ -5,6 +5,7 @@ one vocabulary, "generalised zero-shot"), then report the mean IoU over the seen
 unseen classes, and ``hIoU = 2 * mIoU(seen) * mIoU(unseen) / (mIoU(seen) + mIoU(unseen))``.
 """
 
+import json
 import logging
 import os
 from typing import Dict, Sequence
@@ -14,12 +15,13 @@ import torch
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
-from detectron2.utils.file_io import PathManager
 
 from ..data.datasets.common import ZERO_SHOT_EVALUATOR_TYPE
+from ..utils.io import atomic_write
 
 __all__ = [
     "ZERO_SHOT_METRICS",
+    "AtomicSemSegEvaluator",
     "ZeroShotSemSegEvaluator",
     "build_sem_seg_evaluator",
     "seen_unseen_miou",
@@ -66,7 +68,34 @@ def seen_unseen_miou(conf_matrix: np.ndarray, unseen: Sequence[bool]) -> Dict[st
     return dict(zip(ZERO_SHOT_METRICS, (seen_miou, unseen_miou, h)))
 
 
-class ZeroShotSemSegEvaluator(SemSegEvaluator):
+class AtomicSemSegEvaluator(SemSegEvaluator):
+    """detectron2's ``SemSegEvaluator`` whose output files (``sem_seg_predictions.json``,
+    ``sem_seg_evaluation.pth``) are written to a temporary name and renamed
+    (``clipdistill.utils.io.atomic_write``): a kill during a re-evaluation leaves the earlier
+    files, never an empty one. Subclasses add metrics in ``_add_metrics``."""
+
+    def evaluate(self):
+        output_dir, self._output_dir = self._output_dir, None  # detectron2 writes in place
+        try:
+            results = super().evaluate()
+        finally:
+            self._output_dir = output_dir
+        if results is None:  # not the main process
+            return results
+        self._add_metrics(results["sem_seg"])
+        if output_dir:
+            with atomic_write(os.path.join(output_dir, "sem_seg_predictions.json"), "w") as f:
+                f.write(json.dumps(self._predictions))
+            with atomic_write(os.path.join(output_dir, "sem_seg_evaluation.pth")) as f:
+                # plain floats: readable by a weights-only load (no numpy scalars to unpickle)
+                torch.save({k: float(v) for k, v in results["sem_seg"].items()}, f)
+        return results
+
+    def _add_metrics(self, res: Dict[str, float]) -> None:
+        """Add metrics to ``res`` (detectron2's) before it is written."""
+
+
+class ZeroShotSemSegEvaluator(AtomicSemSegEvaluator):
     """``SemSegEvaluator`` plus ``mIoU-seen``, ``mIoU-unseen`` and ``hIoU`` in its results.
 
     The split comes from the dataset's metadata (``unseen_classes``, set by ``register_sem_seg``);
@@ -83,30 +112,23 @@ class ZeroShotSemSegEvaluator(SemSegEvaluator):
             )
         self._unseen = np.array([name in set(unseen) for name in self._class_names])
 
-    def evaluate(self):
-        results = super().evaluate()
-        if results is None:  # not the main process
-            return results
+    def _add_metrics(self, res: Dict[str, float]) -> None:
         extra = seen_unseen_miou(self._conf_matrix, self._unseen)
-        results["sem_seg"].update(extra)
-        if self._output_dir:  # rewrite detectron2's file with the new keys
-            path = os.path.join(self._output_dir, "sem_seg_evaluation.pth")
-            with PathManager.open(path, "wb") as f:
-                torch.save(dict(results["sem_seg"]), f)
+        res.update(extra)
         logger.info(
             f"{self._dataset_name}: mIoU seen {extra['mIoU-seen']:.2f}, unseen "
             f"{extra['mIoU-unseen']:.2f}, hIoU {extra['hIoU']:.2f} "
             f"({int((~self._unseen).sum())} seen / {int(self._unseen.sum())} unseen classes)"
         )
-        return results
 
 
 def build_sem_seg_evaluator(dataset_name: str, output_dir=None, distributed: bool = True):
     """The evaluator of a dataset, chosen by its ``evaluator_type``: ``"sem_seg"`` ->
-    detectron2's ``SemSegEvaluator``, ``"sem_seg_zero_shot"`` -> ``ZeroShotSemSegEvaluator``."""
+    detectron2's ``SemSegEvaluator`` (``AtomicSemSegEvaluator``), ``"sem_seg_zero_shot"`` -> ``ZeroShotSemSegEvaluator``.
+    """
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type == "sem_seg":
-        return SemSegEvaluator(dataset_name, distributed=distributed, output_dir=output_dir)
+        return AtomicSemSegEvaluator(dataset_name, distributed=distributed, output_dir=output_dir)
     if evaluator_type == ZERO_SHOT_EVALUATOR_TYPE:
         return ZeroShotSemSegEvaluator(dataset_name, distributed=distributed, output_dir=output_dir)
     raise NotImplementedError(

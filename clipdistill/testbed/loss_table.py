@@ -24,7 +24,9 @@ import torch
 from tabulate import tabulate
 
 from ..evaluation.zero_shot import ZERO_SHOT_METRICS
-from ..utils.io import atomic_save_json, atomic_write
+from ..utils.errors import DataError
+from ..utils.fingerprint import file_sha256
+from ..utils.io import atomic_save_json, atomic_write, claim_generated_folder
 
 __all__ = [
     "LOSSES",
@@ -132,13 +134,32 @@ def teacher_overrides(cfg) -> List[str]:
     return out
 
 
+#: a run folder's record of the settings it was run with (a finished run is reused only with
+#: the same settings)
+RUN_RECORD = "loss_table_run.json"
+
+
 def read_metrics(output_dir: str) -> Optional[Dict[str, float]]:
-    """The metrics of a finished run (``inference/sem_seg_evaluation.pth``), or None."""
+    """The metrics of a finished run (``inference/sem_seg_evaluation.pth``, loaded weights-only:
+    it cannot run code), or None.
+
+    Raises:
+        DataError: the file is damaged or holds other than plain numbers (names it).
+    """
     path = os.path.join(output_dir, "inference", "sem_seg_evaluation.pth")
     if not os.path.isfile(path):
         return None
-    res = torch.load(path, weights_only=False)
-    return {m: float(res.get(m, float("nan"))) for m in METRICS}
+    try:
+        res = torch.load(path, weights_only=True)
+        if not isinstance(res, dict):
+            raise TypeError(f"a {type(res).__name__}, not a dict of metrics")
+        return {m: float(res.get(m, float("nan"))) for m in METRICS}
+    except Exception as e:  # truncated, damaged, objects a weights-only load refuses
+        first = (str(e).splitlines() or [""])[0]
+        raise DataError(
+            f"{path} is unreadable ({type(e).__name__}: {first[:200]}); delete it (or the run "
+            f"folder {output_dir}) to run that run again"
+        ) from e
 
 
 #: detectron2's periodic metrics line (``CommonMetricPrinter``): ``eta: 0:01:02  iter: 39  ...``
@@ -189,13 +210,31 @@ def run_student(
     label: Optional[str] = None,
     max_iter: Optional[int] = None,
 ) -> Dict[str, float]:
-    """Train and evaluate one student with ``tools/train_net.py`` (skipped if already done);
-    ``eval_only``: evaluate only (a training-free segmenter). The run's output goes to
-    ``log_path`` (default ``<output_dir>/stdout.txt``); its progress is logged as ``label: iter
-    k/max_iter, eta ...`` while it runs."""
+    """Train and evaluate one student with ``tools/train_net.py`` (skipped if already done with
+    the same settings); ``eval_only``: evaluate only (a training-free segmenter). The run's output
+    goes to ``log_path`` (default ``<output_dir>/stdout.txt``); its progress is logged as ``label:
+    iter k/max_iter, eta ...`` while it runs.
+
+    Raises:
+        DataError: ``output_dir`` holds a run with other settings (config content, overrides,
+            seed, eval-only), or a finished run without a record of them.
+    """
+    record = {
+        "config_sha256": file_sha256(config_file) if os.path.isfile(config_file) else config_file,
+        "overrides": [str(o) for o in overrides],
+        "seed": int(seed),
+        "eval_only": bool(eval_only),
+    }
     done = read_metrics(output_dir)
+    if done is not None and not os.path.isfile(os.path.join(output_dir, RUN_RECORD)):
+        raise DataError(
+            f"{output_dir} holds a finished run without a record of its settings ({RUN_RECORD}, "
+            "an earlier version's): delete the folder first (or pass another --output)"
+        )
+    # records the settings, or raises naming each difference from the recorded ones
+    claim_generated_folder(output_dir, RUN_RECORD, record, "loss-table run", "another --output")
     if done is not None:
-        logger.info(f"{output_dir}: already done, reusing its results")
+        logger.info(f"{output_dir}: already done with the same settings, reusing its results")
         return done
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cmd = [

@@ -39,10 +39,66 @@ __all__ = [
     "report_error",
     "run_tool",
     "launch_tool",
+    "positive_int",
+    "non_negative_int",
+    "positive_int_list",
+    "port_number",
+    "unit_float",
 ]
 
 #: exit status of a user error (argparse uses 2 for a bad command line as well)
 USER_ERROR_EXIT = 2
+
+
+# ------------------------------------------------------------------ option types (argparse
+# ``type=``): a bad value is argparse's one line "<prog>: error: argument --x: ..." and status 2
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer (>= 1)")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def positive_int_list(text: str) -> List[int]:
+    """Comma-separated positive integers (``5,20,59``)."""
+    return [positive_int(part.strip()) for part in text.split(",")]
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1..65535."""
+    value = _int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1..65535)")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """A number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
+    return value
 
 
 def add_debug_argument(parser: argparse.ArgumentParser) -> None:

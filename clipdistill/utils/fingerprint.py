@@ -23,9 +23,12 @@ import os
 from functools import lru_cache
 from typing import Any, List, Optional, Sequence
 
+import torch
+
 __all__ = [
     "sha256_file",
     "sha256_bytes",
+    "state_dict_sha256",
     "file_sha256",
     "digest",
     "file_fingerprint",
@@ -51,6 +54,17 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
+
+
+def state_dict_sha256(module) -> str:
+    """Hex sha256 of a module's current weights (``state_dict``: names, dtypes, shapes and
+    values), e.g. of a model whose weights training has changed since it was loaded."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 @lru_cache(maxsize=256)
@@ -82,17 +96,18 @@ def file_fingerprint(path: str, data: Optional[bytes] = None) -> List:
     return [int(st.st_size), int(st.st_mtime_ns), content]
 
 
-def file_change(path: str, recorded: Sequence) -> Optional[str]:
+def file_change(path: str, recorded: Sequence, rehash: bool = False) -> Optional[str]:
     """What changed in the file ``path`` since its ``file_fingerprint`` ``recorded``: None when
     it is the same input, else ``"missing"``, ``"size A -> B bytes"`` or ``"content (sha256)
     changed"``. Size and time are compared first; a file with a new time but the same size is
-    re-hashed."""
+    re-hashed, and with ``rehash`` every file of the same size is (new content under the same
+    size and time: a copy that keeps times, a clock reset)."""
     try:
         st = os.stat(path)
     except OSError:
         return "missing"
     size, mtime, content = recorded
-    if st.st_size == size and st.st_mtime_ns == mtime:
+    if st.st_size == size and st.st_mtime_ns == mtime and not rehash:
         return None
     if st.st_size != size:
         return f"size {size} -> {st.st_size} bytes"

@@ -240,7 +240,9 @@ def ensure_writable_dir(folder: str, what: str = "output folder") -> str:
     return folder
 
 
-def claim_generated_folder(folder: str, record_name: str, params: dict, what: str) -> None:
+def claim_generated_folder(
+    folder: str, record_name: str, params: dict, what: str, elsewhere: str = "another --root"
+) -> None:
     """Record in ``folder/record_name`` the arguments a generator fills ``folder`` with (creating
     the folder), so that re-running with other arguments is an error rather than a mix of two
     datasets; re-running with the same arguments (to complete an interrupted run) is allowed.
@@ -259,7 +261,7 @@ def claim_generated_folder(folder: str, record_name: str, params: dict, what: st
             changed = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
             raise DataError(
                 f"{folder} holds a {what} generated with other arguments ({changed}, as "
-                "(there, asked)): delete the folder first (or pass another --root)"
+                f"(there, asked)): delete the folder first (or pass {elsewhere})"
             )
     os.makedirs(folder, exist_ok=True)
     atomic_save_json(record, params)

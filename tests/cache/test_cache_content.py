@@ -108,3 +108,39 @@ def test_truncated_manifest_is_named_and_repaired_by_overwrite(setup):
     res = build_teacher_cache(cfg, name, teacher=teacher, overwrite=True)
     assert res["complete"] and res["computed"] == [0, 1, 2]
     assert len(open_teacher_caches(cfg, [name]).caches[0]) == N
+
+
+def test_changed_image_with_the_same_size_and_time_is_detected(setup, capsys):
+    """New pixels with the size and the modification time of the old file (a copy that keeps
+    times, a clock reset): opening the cache with TEACHER_CACHE.VERIFY (default) re-hashes the
+    images, so does ``cache_teacher.py --verify`` (exit status 2 naming the image), and a re-run
+    of the build recomputes the shard."""
+    from common import TINY_OPTS, VOC20_TOY_CONFIG, load_tool
+
+    cfg, name, dicts, teacher = setup
+    build_teacher_cache(cfg, name, teacher=teacher)
+    cache_dir = dataset_cache_dir(cfg.MODEL.CLIPDISTILL.TEACHER_CACHE.DIR, name)
+    argv = ["--config-file", VOC20_TOY_CONFIG, "--dataset", name, "--verify"] + TINY_OPTS
+    argv += ["MODEL.CLIPDISTILL.TEACHER_CACHE.DIR", cfg.MODEL.CLIPDISTILL.TEACHER_CACHE.DIR]
+    argv += ["MODEL.CLIPDISTILL.TEACHER.IMAGE_SIZE", "32"]
+    argv += ["MODEL.CLIPDISTILL.TEACHER.DENSE_IMAGE_SIZE", "32"]
+    tool = load_tool("cache_teacher")
+    assert tool.invoke_main(argv) == 0
+
+    changed = dicts[3]["file_name"]
+    st = os.stat(changed)
+    new = np.random.default_rng(9).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    Image.fromarray(new).save(changed)
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(changed).st_size == st.st_size
+    with pytest.raises(StaleTeacherCacheError, match="1 image"):
+        open_teacher_caches(cfg, [name])
+    capsys.readouterr()
+    assert tool.invoke_main(argv) == 2
+    assert changed in capsys.readouterr().err
+
+    res = build_teacher_cache(cfg, name, teacher=teacher)
+    assert res["computed"] == [1] and res["skipped"] == [0, 2]
+    open_teacher_caches(cfg, [name])
+    assert tool.invoke_main(argv) == 0
+    assert os.path.isdir(cache_dir)

@@ -229,3 +229,15 @@ def test_builtin_zero_shot_protocols():
         coco.unseen_classes
     )
     assert MetadataCatalog.get("coco_stuff_sem_seg_val").evaluator_type == "sem_seg"
+
+
+def test_a_truncated_captions_file_is_named(tmp_path):
+    from clipdistill.data.datasets.register_testbed import load_testbed_split
+    from clipdistill.data.synthetic import DEFAULT_WORLD
+    from clipdistill.utils.errors import DataError
+
+    path = tmp_path / "captions" / "val.json"
+    path.parent.mkdir()
+    path.write_text('{"class_names": ["empty backgr')
+    with pytest.raises(DataError, match=r"captions/val\.json is damaged"):
+        load_testbed_split("testbed_sem_seg_val", str(tmp_path), "val", DEFAULT_WORLD)

@@ -8,7 +8,9 @@ import os
 import shutil
 import subprocess
 import sys
+import struct
 import uuid
+import zipfile
 
 import pytest
 import torch
@@ -214,3 +216,59 @@ def test_kill_9_during_a_checkpoint_write_loses_nothing(toy, tmp_path):
     final = torch.load(out / "model_final.pth", weights_only=True)
     assert final["iteration"] == 3
     assert not [f for f in os.listdir(out) if f.startswith(".")]  # the killed write's leftover
+
+
+def test_resume_after_a_kill_before_the_final_write_writes_model_final(toy, tmp_path, monkeypatch):
+    """A finished run (2 steps) is extended to 4 and dies after its last periodic checkpoint
+    (model_0000003.pth) but before model_final.pth: the old model_final.pth (iteration 1) is
+    still there. --resume has nothing left to train, and must still write model_final.pth of
+    iteration 3 (not report the stale one)."""
+    out = tmp_path / "out"
+    assert train_net.invoke_main(_argv(toy, out, "SOLVER.MAX_ITER", "2")) == 0
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 1
+
+    real_save = SegmenterCheckpointer.save
+
+    def die_before_final(self, name, **kwargs):
+        if name == "model_final":
+            raise _Stop()
+        return real_save(self, name, **kwargs)
+
+    opts = ("SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "--resume")
+    monkeypatch.setattr(SegmenterCheckpointer, "save", die_before_final)
+    with pytest.raises(_Stop):
+        train_net.invoke_main(_argv(toy, out, *opts))
+    monkeypatch.setattr(SegmenterCheckpointer, "save", real_save)
+    assert (out / "model_0000003.pth").exists()
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 1  # stale
+
+    assert train_net.invoke_main(_argv(toy, out, *opts)) == 0
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    last = torch.load(out / "model_0000003.pth", weights_only=True)
+    assert final["iteration"] == 3
+    for k in last["model"]:
+        assert torch.equal(final["model"][k], last["model"][k]), k
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_found_by_its_checksum(saved, warnings_of_checkpointer):
+    """Each checkpoint gets a sha256 beside it (``<name>.pth.sha256``); a checkpoint whose bytes
+    no longer match (a flipped bit in a tensor, which torch's loader does not notice) is
+    unreadable, and the resume falls back to the newest good one, naming it."""
+    model, out = saved
+    assert (out / "model_final.pth.sha256").is_file()
+    path = out / "model_final.pth"
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:  # the largest tensor's bytes
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    name_len, extra_len = struct.unpack(
+        "<HH", data[info.header_offset + 26 : info.header_offset + 30]
+    )
+    at = info.header_offset + 30 + name_len + extra_len
+    data[at + 7] ^= 0x10
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=True)  # torch itself loads it silently
+    ck = SegmenterCheckpointer(model, str(out))
+    extra = ck.resume_or_load("", resume=True)
+    assert ck.resumed_from == str(out / "model_0000001.pth") and extra["iteration"] == 1
+    assert any("model_final.pth" in m and "sha256" in m for m in warnings_of_checkpointer)

@@ -62,3 +62,32 @@ def test_wrong_checkpoint_names_the_keys(tmp_path):
     assert "missing keys [norm.weight]" in msg
     assert "unexpected keys [decoder.extra]" in msg
     assert "decoder.weight: checkpoint (5, 3) vs model (2, 3)" in msg
+
+
+def test_pkl_weights_load_arrays_only_and_never_run_code(tmp_path):
+    """A detectron2 model-zoo .pkl (numpy arrays in plain dicts) loads; a crafted .pkl that asks
+    pickle to call something is refused, naming the file and the global, without running it."""
+    import pickle
+
+    import numpy as np
+
+    from clipdistill.engine.checkpoint import UnreadableCheckpointError
+
+    model = _Toy()
+    zoo = {k: v.numpy() + 1 for k, v in model.state_dict().items()}
+    with open(tmp_path / "zoo.pkl", "wb") as f:
+        pickle.dump({"model": zoo, "__author__": "zoo", "matching_heuristics": False}, f)
+    SegmenterCheckpointer(model).load(str(tmp_path / "zoo.pkl"))
+    np.testing.assert_allclose(model.decoder.weight.detach().numpy(), zoo["decoder.weight"])
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"model": {"decoder.weight": Evil()}, "__author__": "x"}, f)
+    with pytest.raises(UnreadableCheckpointError, match=r"evil\.pkl.*io\.open"):
+        SegmenterCheckpointer(_Toy()).load(str(tmp_path / "evil.pkl"))
+    assert not marker.exists()

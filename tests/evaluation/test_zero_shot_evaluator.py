@@ -122,9 +122,53 @@ def test_trainer_picks_the_evaluator_by_type(dataset, tmp_path):
     try:
         cfg = tiny_cfg("OUTPUT_DIR", str(tmp_path))
         assert type(Trainer.build_evaluator(cfg, NAME)) is ZeroShotSemSegEvaluator
-        assert type(Trainer.build_evaluator(cfg, plain)) is SemSegEvaluator
+        assert isinstance(Trainer.build_evaluator(cfg, plain), SemSegEvaluator)
         with pytest.raises(ValueError, match="unseen_classes"):
             ZeroShotSemSegEvaluator(plain)
     finally:
         DatasetCatalog.remove(plain)
         MetadataCatalog.remove(plain)
+
+
+class _Killed(BaseException):
+    """Stands for a kill in the middle of a write."""
+
+
+def _evaluate(img_dir, preds, out):
+    ev = ZeroShotSemSegEvaluator(NAME, distributed=False, output_dir=str(out))
+    ev.reset()
+    for i, pred in enumerate(preds):
+        logits = torch.nn.functional.one_hot(torch.as_tensor(pred), len(CLASSES)).permute(2, 0, 1)
+        ev.process(
+            [{"file_name": os.path.join(img_dir, f"{i}.png")}], [{"sem_seg": logits.float()}]
+        )
+    return ev.evaluate()
+
+
+@pytest.mark.parametrize("killed_in", ["json", "torch"])
+def test_a_killed_re_evaluation_keeps_the_earlier_outputs(
+    dataset, tmp_path, monkeypatch, killed_in
+):
+    """sem_seg_predictions.json and sem_seg_evaluation.pth are replaced atomically: a kill
+    while either is written leaves the earlier file, not an empty one."""
+    import json
+
+    img_dir, gts, preds = dataset
+    out = tmp_path / "out"
+    _evaluate(img_dir, preds, out)
+    before = {
+        n: (out / n).read_bytes() for n in ("sem_seg_predictions.json", "sem_seg_evaluation.pth")
+    }
+    assert all(before.values())
+
+    def boom(*args, **kwargs):
+        raise _Killed()
+
+    monkeypatch.setattr(*((json, "dumps", boom) if killed_in == "json" else (torch, "save", boom)))
+    with pytest.raises(_Killed):
+        _evaluate(img_dir, [(p + 1) % len(CLASSES) for p in preds], out)
+    monkeypatch.undo()
+    # the file being written when killed is the earlier one, whole
+    name = "sem_seg_predictions.json" if killed_in == "json" else "sem_seg_evaluation.pth"
+    assert (out / name).read_bytes() == before[name]
+    assert not [f for f in os.listdir(out) if f.startswith(".")]

@@ -112,3 +112,60 @@ def test_training_progress_reads_detectron2_metric_lines():
     log += "[12/05 05:22:00 d2.evaluation.evaluator]: Start inference on 40 batches\n"
     assert training_progress(log) == (40, "0:01:31", "evaluating")
     assert training_progress("Start inference on 40 batches") == (0, None, "evaluating")
+
+
+
+
+def test_a_finished_run_is_reused_only_with_the_same_settings(tmp_path, monkeypatch):
+    """run_student records its settings; a finished run is reused only when they are the same
+    (a rerun with SOLVER.MAX_ITER 12 over a 6-iteration run is an error naming the difference,
+    not the 6-iteration results under a 12-iteration label)."""
+    import subprocess
+    import sys
+
+    from clipdistill.testbed import loss_table
+    from clipdistill.utils.errors import UserError
+    from common import VOC20_TOY_CONFIG
+
+    calls = []
+    real_popen = subprocess.Popen
+
+    def fake_train_net(cmd, **kwargs):  # writes what train_net's evaluation writes
+        calls.append(cmd)
+        out = cmd[cmd.index("OUTPUT_DIR") + 1]
+        os_ = __import__("os")
+        os_.makedirs(os_.path.join(out, "inference"), exist_ok=True)
+        res = {"mIoU": 1.0, "hIoU": 2.0, "mIoU-seen": 3.0, "mIoU-unseen": 4.0}
+        torch.save(res, os_.path.join(out, "inference", "sem_seg_evaluation.pth"))
+        return real_popen([sys.executable, "-c", "pass"])  # a child that exits 0
+
+    monkeypatch.setattr(loss_table.subprocess, "Popen", fake_train_net)
+    out = str(tmp_path / "ce" / "seed0")
+    first = loss_table.run_student(VOC20_TOY_CONFIG, out, ["SOLVER.MAX_ITER", "6"], 0)
+    assert first["mIoU"] == 1.0 and len(calls) == 1
+    assert loss_table.run_student(VOC20_TOY_CONFIG, out, ["SOLVER.MAX_ITER", "6"], 0) == first
+    assert len(calls) == 1  # reused
+    with pytest.raises(UserError, match="SOLVER.MAX_ITER"):
+        loss_table.run_student(VOC20_TOY_CONFIG, out, ["SOLVER.MAX_ITER", "12"], 0)
+    with pytest.raises(UserError, match="seed"):
+        loss_table.run_student(VOC20_TOY_CONFIG, out, ["SOLVER.MAX_ITER", "6"], 1)
+    assert len(calls) == 1
+
+
+def test_read_metrics_loads_weights_only_and_names_a_damaged_file(tmp_path):
+    from clipdistill.utils.errors import UserError
+
+    (tmp_path / "inference").mkdir()
+    path = tmp_path / "inference" / "sem_seg_evaluation.pth"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    torch.save({"mIoU": Evil()}, path)
+    with pytest.raises(UserError, match="sem_seg_evaluation.pth"):
+        read_metrics(str(tmp_path))
+    assert not (tmp_path / "pwned").exists()
+    path.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(UserError, match="sem_seg_evaluation.pth"):
+        read_metrics(str(tmp_path))

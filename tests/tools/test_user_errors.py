@@ -16,6 +16,7 @@ from detectron2.modeling import build_model
 
 from clipdistill.data.datasets.register_voc import register_voc
 from clipdistill.data.prepare import voc as prepare_voc
+
 # fresh_loggers: an autouse fixture
 from common import CONFIGS, TINY_OPTS, VOC20_TOY_CONFIG, fresh_loggers  # noqa: F401
 from common import load_tool, make_tiny_toy, tiny_cfg, tiny_train_opts
@@ -404,9 +405,35 @@ CASES += [
 ]
 
 
+benchmark = load_tool("benchmark")
+compare = load_tool("compare")
+web_demo = load_tool("web_demo")
+
+# options whose value cannot work: argparse's one line, naming the option (before anything runs)
+CASES += [
+    ("make_toy: --num-train -5", make_toy, lambda w: ["--num-train", "-5"], "--num-train"),
+    ("make_toy: --size 0", make_toy, lambda w: ["--size", "0"], "--size"),
+    ("benchmark: --size 0", benchmark, lambda w: ["--size", "0"], "--size"),
+    ("benchmark: --iters 0", benchmark, lambda w: ["--iters", "0"], "--iters"),
+    ("benchmark: --batch-size -1", benchmark, lambda w: ["--batch-size", "-1"], "--batch-size"),
+    (
+        "benchmark: --vocabulary-sweep 5,x",
+        benchmark,
+        lambda w: ["--vocabulary-sweep", "5,x"],
+        "--vocabulary-sweep",
+    ),
+    ("compare: --size 0", compare, lambda w: ["--size", "0"], "--size"),
+    ("web_demo: --port 99999", web_demo, lambda w: ["--port", "99999"], "--port"),
+    ("demo: --alpha 7", demo, lambda w: ["--alpha", "7"], "--alpha"),
+]
+
+
 def _call(tool, argv):
     entry = getattr(tool, "invoke_main", None) or tool.main
-    return entry(argv)
+    try:
+        return entry(argv)
+    except SystemExit as e:  # argparse's own one-line error on a bad option value
+        return e.code
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -10,6 +10,7 @@ split (``seen_classes`` / ``unseen_classes`` in the metadata; ``evaluator_type``
 import json
 import os
 
+from ...utils.errors import DataError
 from ..synthetic import DEFAULT_WORLD, World
 from .common import datasets_root, list_sem_seg_files, register_sem_seg
 
@@ -25,6 +26,7 @@ def load_testbed_split(name: str, root: str, split: str, world: World, hint: str
     Raises:
         FileNotFoundError: the split was not generated (names the file and how to create it).
         ValueError: the files were generated for another world (other class names).
+        DataError: the captions file is damaged (truncated, not JSON; names it).
     """
     path = os.path.join(root, "captions", f"{split}.json")
     if not os.path.isfile(path):
@@ -32,8 +34,16 @@ def load_testbed_split(name: str, root: str, split: str, world: World, hint: str
             f"Dataset '{name}': {path} does not exist "
             f"(datasets root: $DETECTRON2_DATASETS={datasets_root()}).\n{hint}"
         )
-    with open(path) as f:
-        payload = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            payload = json.load(f)
+        if not isinstance(payload, dict) or not isinstance(payload.get("images"), dict):
+            raise ValueError("not a mapping with 'images'")
+    except ValueError as e:  # truncated, not UTF-8, not JSON, not the generator's layout
+        raise DataError(
+            f"Dataset '{name}': {path} is damaged ({type(e).__name__}: {e}). Regenerate the "
+            f"testbed into an empty folder.\n{hint}"
+        ) from e
     if payload.get("class_names") != world.class_names:
         raise ValueError(
             f"Dataset '{name}': {path} was generated for the classes "

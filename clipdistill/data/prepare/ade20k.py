@@ -21,13 +21,13 @@ The split is ``validation`` when the file name's second ``_`` field is ``val``.
 
 import functools
 import os
-import pickle
 from typing import Dict, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from ...utils.io import atomic_save_image, remove_stale_temps
+from ...utils.safe_pickle import restricted_load
 from ..datasets.common import datasets_root, load_class_ids
 from .common import (
     PrepareError,
@@ -174,7 +174,9 @@ def prepare_ade20k_full(
         raise PrepareError(f"Missing ADE20K index: {index_path}")
     try:
         with open(index_path, "rb") as f:
-            index = pickle.load(f)
+            # ADE20K's own index is a pickle: read with a restricted unpickler (containers and
+            # numpy arrays only), so a crafted file cannot run code
+            index = restricted_load(f)
         folders, filenames = list(index["folder"]), list(index["filename"])
     except Exception as e:
         raise PrepareError(f"Damaged or unreadable ADE20K index: {index_path} ({e!r})") from e

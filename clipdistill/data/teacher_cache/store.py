@@ -147,12 +147,15 @@ def read_manifest(cache_dir: str) -> Optional[dict]:
     return manifest
 
 
-def changed_images(dataset_dicts: Sequence[dict], recorded: Sequence) -> List[Tuple[str, str]]:
+def changed_images(
+    dataset_dicts: Sequence[dict], recorded: Sequence, rehash: bool = False
+) -> List[Tuple[str, str]]:
     """``[(file, what changed)]`` of the images whose content differs from their ``recorded``
-    ``file_fingerprint`` (same order; the rule of ``clipdistill.utils.fingerprint``)."""
+    ``file_fingerprint`` (same order; the rule of ``clipdistill.utils.fingerprint``; ``rehash``:
+    every image is re-hashed, not only those whose time changed)."""
     out = []
     for d, rec in zip(dataset_dicts, recorded):
-        change = file_change(d["file_name"], rec)
+        change = file_change(d["file_name"], rec, rehash=rehash)
         if change is not None:
             out.append((d["file_name"], change))
     return out
@@ -195,7 +198,8 @@ class TeacherCache:
         dataset_dicts: Optional[Sequence[dict]] = None,
     ):
         """Open the cache; with ``expected_key``, a cache built for anything else is an error;
-        with ``dataset_dicts``, so is an image that changed since (``check_images``)."""
+        with ``dataset_dicts``, so is an image that changed since (``check_images``, which
+        re-hashes every image when ``verify``)."""
         self.cache_dir = cache_dir
         self.verify = verify
         manifest = read_manifest(cache_dir)
@@ -232,11 +236,14 @@ class TeacherCache:
         self.image_files = manifest.get("image_files")
         self._handles: Dict[int, object] = {}
         if dataset_dicts is not None:
-            self.check_images(dataset_dicts)
+            self.check_images(dataset_dicts, rehash=verify)
 
-    def check_images(self, dataset_dicts: Optional[Sequence[dict]] = None) -> None:
+    def check_images(
+        self, dataset_dicts: Optional[Sequence[dict]] = None, rehash: bool = False
+    ) -> None:
         """Raise ``StaleTeacherCacheError`` naming the images (of ``dataset_dicts``, default the
-        registered dataset's) whose size, time and content differ from the build's."""
+        registered dataset's) whose content differs from the build's: an image of another size
+        or (re-hashed) one with another time; with ``rehash``, every image is re-hashed."""
         if dataset_dicts is None:
             dataset_dicts = DatasetCatalog.get(self.key["dataset"])
         if not self.image_files or len(self.image_files) != len(self.images):
@@ -253,7 +260,7 @@ class TeacherCache:
                     + rebuild_hint(self.key.get("dataset", "?"))
                 )
             recorded.append(self.image_files[i])
-        changed = changed_images(dataset_dicts, recorded)
+        changed = changed_images(dataset_dicts, recorded, rehash=rehash)
         if changed:
             raise StaleTeacherCacheError(
                 f"Teacher cache {self.cache_dir} is stale: {describe_changed(changed)}. Re-run "
