@@ -188,6 +188,8 @@ class SegPredictor:
     chunk_elements: int = CHUNK_ELEMENTS
 
     def __init__(self, cfg, class_names: Optional[Sequence[str]] = None, require_weights=False):
+        if class_names is not None:  # a bad vocabulary fails before the model is built
+            check_class_names(class_names)
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         if not isinstance(self.model, OpenVocabSegmenter):
