@@ -30,6 +30,7 @@ from ..modeling.clip.text import check_class_names
 from ..utils.errors import ConfigError
 from ..utils.io import atomic_path, atomic_save_json
 from ..utils.timing import summarize, time_interleaved
+from .runtime import onnx_session  # the torch-free runtime's (re-exported here)
 
 __all__ = [
     "ExportableSegmenter",
@@ -198,18 +199,6 @@ def export_onnx(
     finally:
         ctx.__exit__(None, None, None)
     return path
-
-
-def onnx_session(path: str, threads: int = 0):
-    """An onnxruntime CPU session (``threads`` intra-op threads; 0: onnxruntime's default)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def eager_reference(model: nn.Module, image_uint8: torch.Tensor) -> torch.Tensor:

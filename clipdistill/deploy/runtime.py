@@ -17,7 +17,7 @@ import numpy as np
 
 from .tokenizer import BPETokenizer
 
-__all__ = ["Segmenter", "format_template", "load_deploy_json", "resize_shortest_edge"]
+__all__ = ["Segmenter", "format_template", "load_deploy_json", "onnx_session", "resize_shortest_edge"]
 
 
 def load_deploy_json(folder: str) -> dict:
@@ -34,7 +34,8 @@ def load_deploy_json(folder: str) -> dict:
     return meta
 
 
-def _session(path: str, threads: int):
+def onnx_session(path: str, threads: int = 0):
+    """An onnxruntime CPU session (``threads`` intra-op threads; 0: onnxruntime's default)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -89,8 +90,8 @@ class Segmenter:
     ):
         self.folder = folder
         self.meta = load_deploy_json(folder)
-        self.student = _session(os.path.join(folder, student or self.meta["student"]), threads)
-        self.text = _session(os.path.join(folder, self.meta["text"]), threads)
+        self.student = onnx_session(os.path.join(folder, student or self.meta["student"]), threads)
+        self.text = onnx_session(os.path.join(folder, self.meta["text"]), threads)
         self.tokenizer = BPETokenizer(
             os.path.join(folder, self.meta["bpe"]), self.meta["context_length"]
         )
