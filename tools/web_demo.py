@@ -30,15 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="NAME",
-        help="initial vocabulary shown on the page (default: every class of the testbed world, "
-        "seen and unseen)",
+        help="initial vocabulary shown on the page (default: every class of the config's test "
+        "set, seen and unseen; else its training classes)",
     )
     parser.add_argument(
         "--onnx",
         default="",
         metavar="FOLDER",
         help="run on an open-vocabulary export (tools/export_open_vocab.py) with the torch-free "
-        "runtime instead of the PyTorch model (the config is then not read)",
+        "runtime instead of the PyTorch model (the config then only names the vocabulary)",
     )
     parser.add_argument(
         "--onnx-student",
@@ -61,15 +61,17 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     logger = logging.getLogger("clipdistill.web_demo")
 
-    from clipdistill.data.synthetic.world import DEFAULT_WORLD
     from clipdistill.deploy import SegPredictor
+    from clipdistill.deploy.predictor import evaluation_vocabulary
+    from clipdistill.deploy.runtime import load_deploy_json
     from clipdistill.deploy.web import OnnxPredictor, build_app, launch
 
-    names = args.class_names or DEFAULT_WORLD.class_names
+    cfg = get_clipdistill_cfg(args.config_file, args.opts)
+    names = args.class_names or evaluation_vocabulary(cfg)
     if args.onnx:
+        names = names or load_deploy_json(args.onnx).get("train_vocabulary")
         predictor = OnnxPredictor(args.onnx, names, student=args.onnx_student)
     else:
-        cfg = get_clipdistill_cfg(args.config_file, args.opts)
         predictor = SegPredictor(cfg, class_names=names)
     app = build_app(predictor)
     logger.info(f"serving on http://{args.host}:{args.port}")

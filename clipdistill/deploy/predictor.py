@@ -36,9 +36,18 @@ __all__ = [
     "ScoreMaps",
     "parse_class_names",
     "read_image_rgb",
+    "evaluation_vocabulary",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def evaluation_vocabulary(cfg) -> Optional[List[str]]:
+    """The class names a config is evaluated on (``DATASETS.TEST[0]``'s, seen and unseen), or
+    None when it names no test set with classes: the demos' default vocabulary."""
+    test = cfg.DATASETS.TEST
+    names = MetadataCatalog.get(test[0]).get("stuff_classes", None) if test else None
+    return list(names) if names else None
 
 
 def parse_class_names(text: str) -> List[str]:

@@ -287,3 +287,19 @@ def test_predictor_and_demo_with_a_training_free_segmenter(tmp_path, images):
     argv = ["--config-file", cfg_file, "--input", images["a"], "--output", str(out)]
     assert demo.main(argv + ["--no-progress", "--class-names", *NAMES]) == 0
     assert (out / "a_label.png").exists()
+
+
+def test_demo_default_vocabulary_is_the_test_sets_seen_and_unseen():
+    """The web demo's default names: the config's test set (the testbed's 37, unseen included),
+    not one world's names for every config."""
+    from clipdistill.config import get_clipdistill_cfg
+    from clipdistill.data.synthetic import DEFAULT_WORLD
+    from clipdistill.deploy.predictor import evaluation_vocabulary
+
+    testbed = get_clipdistill_cfg(f"{REPO}/configs/voc_toy.yaml", [])
+    assert evaluation_vocabulary(testbed) == DEFAULT_WORLD.class_names
+    assert set(DEFAULT_WORLD.unseen_classes) <= set(evaluation_vocabulary(testbed))
+    voc = get_clipdistill_cfg(VOC20_TOY_CONFIG, [])
+    names = evaluation_vocabulary(voc)
+    assert names and "red striped patch" not in names
+    assert evaluation_vocabulary(get_clipdistill_cfg(VOC20_TOY_CONFIG, ["DATASETS.TEST", "()"])) is None
