@@ -198,6 +198,12 @@ def _follow(proc: subprocess.Popen, log_path: str, label: str, max_iter: Optiona
             logger.info(f"{label}: iter {done}{total}" + (f", eta {eta}" if eta else ""))
 
 
+def _tool(script: str) -> List[str]:
+    """The command prefix running the repository's ``tools/<script>`` with this interpreter."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return [sys.executable, os.path.join(repo, "tools", script)]
+
+
 def run_student(
     config_file: str,
     output_dir: str,
@@ -236,10 +242,8 @@ def run_student(
     if done is not None:
         logger.info(f"{output_dir}: already done with the same settings, reusing its results")
         return done
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cmd = [
-        sys.executable,
-        os.path.join(repo, "tools", "train_net.py"),
+        *_tool("train_net.py"),
         "--config-file",
         config_file,
         "--num-gpus",
@@ -283,10 +287,8 @@ def pseudo_label_dataset(config_file: str, cfg, opts: Sequence[str], env=None) -
     (``<train>_teacher_pseudo``). Labels already written are reused."""
     source = cfg.DATASETS.TRAIN[0]
     name = f"{source}_teacher_pseudo"
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cmd = [
-        sys.executable,
-        os.path.join(repo, "tools", "make_pseudo_labels.py"),
+        *_tool("make_pseudo_labels.py"),
         "--config-file",
         config_file,
         "--dataset",
