@@ -8,7 +8,7 @@ unseen classes, and ``hIoU = 2 * mIoU(seen) * mIoU(unseen) / (mIoU(seen) + mIoU(
 import json
 import logging
 import os
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from ..utils.io import atomic_write
 
 __all__ = [
     "ZERO_SHOT_METRICS",
+    "class_iou",
     "AtomicSemSegEvaluator",
     "ZeroShotSemSegEvaluator",
     "build_sem_seg_evaluator",
@@ -31,6 +32,18 @@ __all__ = [
 ZERO_SHOT_METRICS = ("mIoU-seen", "mIoU-unseen", "hIoU")
 
 logger = logging.getLogger(__name__)
+
+
+def class_iou(conf_matrix: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Per-class IoU ``[K]`` from detectron2's confusion matrix (``[prediction, ground truth]``,
+    ignored pixels last), and which classes count in a mean (present in the ground truth), as
+    detectron2's ``SemSegEvaluator`` defines them."""
+    conf = np.asarray(conf_matrix, dtype=np.float64)[:-1, :-1]
+    tp = np.diag(conf)
+    pos_gt = conf.sum(axis=0)
+    union = pos_gt + conf.sum(axis=1) - tp
+    valid = (pos_gt > 0) & (union > 0)
+    return np.divide(tp, union, out=np.zeros_like(tp), where=valid), valid
 
 
 def seen_unseen_miou(conf_matrix: np.ndarray, unseen: Sequence[bool]) -> Dict[str, float]:
@@ -46,14 +59,9 @@ def seen_unseen_miou(conf_matrix: np.ndarray, unseen: Sequence[bool]) -> Dict[st
         hIoU).
     """
     unseen = np.asarray(unseen, dtype=bool)
-    conf = np.asarray(conf_matrix, dtype=np.float64)[:-1, :-1]
-    if conf.shape != (len(unseen), len(unseen)):
-        raise ValueError(f"confusion matrix {conf_matrix.shape} vs {len(unseen)} classes")
-    tp = np.diag(conf)
-    pos_gt = conf.sum(axis=0)
-    union = pos_gt + conf.sum(axis=1) - tp
-    valid = (pos_gt > 0) & (union > 0)
-    iou = np.divide(tp, union, out=np.zeros_like(tp), where=valid)
+    if np.shape(conf_matrix) != (len(unseen) + 1, len(unseen) + 1):
+        raise ValueError(f"confusion matrix {np.shape(conf_matrix)} vs {len(unseen)} classes")
+    iou, valid = class_iou(conf_matrix)
 
     def mean(group):
         sel = valid & group

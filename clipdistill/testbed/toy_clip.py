@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from ..data.synthetic import DEFAULT_WORLD, Scenes, World, caption_of, render_scenes, sample_scenes
-from ..evaluation.zero_shot import seen_unseen_miou
+from ..evaluation.zero_shot import class_iou, seen_unseen_miou
 from ..modeling.clip.loader import clip_pixel_stats
 from ..utils.io import atomic_path
 
@@ -208,11 +208,7 @@ def dense_zero_shot(
         conf += np.bincount(
             (k + 1) * pred + labels[i : i + 64].ravel(), minlength=(k + 1) ** 2
         ).reshape(k + 1, k + 1)
-    inner = conf[:k, :k].astype(float)
-    inter = np.diag(inner)
-    union = inner.sum(0) + inner.sum(1) - inter
-    valid = inner.sum(0) > 0
-    iou = np.where(valid, inter / np.maximum(union, 1), 0.0)
+    iou, valid = class_iou(conf)
     unseen = np.isin(np.arange(k), world.unseen_ids)
     out = {"mIoU": 100.0 * float(iou[valid].mean())}
     out.update(seen_unseen_miou(conf, unseen))
