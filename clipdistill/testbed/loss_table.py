@@ -27,6 +27,7 @@ from ..evaluation.zero_shot import ZERO_SHOT_METRICS
 from ..utils.errors import DataError
 from ..utils.fingerprint import file_sha256
 from ..utils.io import atomic_save_json, atomic_write, claim_generated_folder
+from ..utils.process import die_with_parent
 
 __all__ = [
     "LOSSES",
@@ -261,7 +262,10 @@ def run_student(
     label = label or os.path.basename(os.path.normpath(output_dir))
     logger.info(f"{label}: started (log {log_path})")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # the run ends with this process, even after a kill -9 (two writers in one folder else)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent()
+        )
         try:
             _follow(proc, log_path, label, None if eval_only else max_iter)
         finally:
@@ -299,7 +303,9 @@ def pseudo_label_dataset(config_file: str, cfg, opts: Sequence[str], env=None) -
         *teacher_overrides(cfg),
     ]
     logger.info(f"pseudo-labels: {source} -> {name} (the teacher's zero-shot segmentation)")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, preexec_fn=die_with_parent()
+    )
     if proc.returncode != 0:
         raise RuntimeError(
             f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}"

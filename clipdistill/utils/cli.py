@@ -154,11 +154,23 @@ class _NoUserErrorTraceback(logging.Filter):
 _TRACEBACK_LOGGERS = ("detectron2.engine.train_loop",)
 
 
-def _guarded_main(prog: str, main: Callable, args, error_dir: Optional[str] = None) -> None:
+def _guarded_main(
+    prog: str,
+    main: Callable,
+    args,
+    error_dir: Optional[str] = None,
+    parent_pid: Optional[int] = None,
+) -> None:
     """Runs in every process that detectron2's ``launch`` starts. In a process of a
     multi-process run (``error_dir`` given), a user error is not printed: its one line goes to
     ``error_dir/rank<N>`` and the process exits quietly with status 2; the launching process
-    prints each distinct line once (``launch_tool``)."""
+    prints each distinct line once (``launch_tool``). A process started by the launcher
+    (``parent_pid``, the launcher's pid) ends when the launcher dies, even by ``kill -9``
+    (``utils.process.set_parent_death_signal``): no rank goes on writing on its own."""
+    if parent_pid is not None:
+        from .process import set_parent_death_signal
+
+        set_parent_death_signal(parent_pid)
     if not getattr(args, "debug", False):
         for name in _TRACEBACK_LOGGERS:
             logger = logging.getLogger(name)
@@ -226,7 +238,13 @@ def launch_tool(prog: str, main: Callable, args) -> int:
                 num_machines=num_machines,
                 machine_rank=args.machine_rank,
                 dist_url=args.dist_url,
-                args=(prog, main, args, error_dir if multi else None),
+                args=(
+                    prog,
+                    main,
+                    args,
+                    error_dir if multi else None,
+                    os.getpid() if multi else None,  # the ranks end with this process
+                ),
             )
         except _ReportedUserError:
             return USER_ERROR_EXIT
