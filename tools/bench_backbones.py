@@ -18,6 +18,7 @@ import sys
 
 from clipdistill.config import get_clipdistill_cfg
 from clipdistill.utils.cli import config_argument_parser, parse_config_args, run_tool
+from clipdistill.utils.cli import non_negative_int, positive_int
 from clipdistill.utils.io import atomic_save_json, ensure_writable_dir
 
 from detectron2.utils.logger import setup_logger
@@ -31,11 +32,11 @@ def build_parser():
     parser = config_argument_parser(PROG, __doc__)
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--backbones", nargs="+", default=list(CANDIDATE_BACKBONES))
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--calib-images", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
+    parser.add_argument("--size", type=positive_int, default=512)
+    parser.add_argument("--runs", type=positive_int, default=10)
+    parser.add_argument("--warmup", type=non_negative_int, default=2)
+    parser.add_argument("--calib-images", type=positive_int, default=8)
+    parser.add_argument("--threads", type=non_negative_int, default=0, help="0: torch's default")
     return parser
 
 

@@ -18,7 +18,7 @@ import sys
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from clipdistill.config import get_clipdistill_cfg
+from clipdistill.config import check_datasets_registered, get_clipdistill_cfg
 from clipdistill.engine import SegmenterCheckpointer, Trainer
 from clipdistill.engine.pseudo_labels import make_pseudo_labels
 from clipdistill.utils.cli import config_argument_parser, launch_tool, parse_config_args
@@ -30,6 +30,7 @@ def main(args):
     setup_logger(distributed_rank=comm.get_rank(), name="clipdistill")
     cfg = get_clipdistill_cfg(args.config_file, args.opts)
     cfg.freeze()
+    check_datasets_registered([args.dataset], "--dataset")  # before the model is built
     model = Trainer.build_model(cfg)
     SegmenterCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
     manifest = make_pseudo_labels(cfg, model, args.dataset, args.name, args.output_dir or None)

@@ -28,13 +28,15 @@ from clipdistill.testbed.toy_clip import (
     save_toy_clip,
     train_toy_clip,
 )
-from clipdistill.utils.cli import add_debug_argument, run_tool
+from clipdistill.utils.cli import add_debug_argument, positive_int, run_tool
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="train_toy_clip.py", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--output", default=TESTBED_CLIP_WEIGHTS, help="weights file to write")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     defaults = ToyClipRecipe()
     for f in fields(ToyClipRecipe):
         value = getattr(defaults, f.name)

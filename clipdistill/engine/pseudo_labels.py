@@ -30,12 +30,14 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils import comm
 
-from ..data.dataset_mappers.semantic_mapper import build_sem_seg_augmentation
+from ..config import check_datasets_registered
+from ..data.dataset_mappers.semantic_mapper import UnreadableFileError, build_sem_seg_augmentation
 from ..data.datasets.register_pseudo_labels import (
     PSEUDO_LABEL_SUBDIR,
     register_pseudo_label_dataset,
 )
 from ..data.datasets.common import datasets_root
+from ..utils.errors import DataError
 from ..utils.io import atomic_save_image, atomic_save_json
 from .prediction_cache import config_fingerprint
 
@@ -61,12 +63,21 @@ def _write_json(path: str, data) -> None:
 def _check_fingerprint(output_dir: str, fingerprint: Dict) -> None:
     path = os.path.join(output_dir, "fingerprint.json")
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                old = json.load(f)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise DataError(
+                f"{path} is damaged ({type(e).__name__}: {e}); delete {output_dir} (the "
+                "labels are made again) or choose another --output-dir"
+            ) from e
         if old != fingerprint:
-            raise ValueError(
+            keys = set(old) | set(fingerprint)
+            differs = sorted(k for k in keys if old.get(k) != fingerprint.get(k))
+            raise DataError(
                 f"{output_dir} holds pseudo-labels made with another config or source "
-                f"({path}: {old} != {fingerprint}); delete the folder or choose another name."
+                f"({path}: {', '.join(differs)} differ); delete the folder or choose another "
+                "--output-dir"
             )
     elif comm.is_main_process():
         _write_json(path, fingerprint)
@@ -95,6 +106,7 @@ def make_pseudo_labels(
         registered in this process.
     """
     output_dir = output_dir or default_output_dir(name)
+    check_datasets_registered([source], "--dataset")
     meta = MetadataCatalog.get(source)
     classes = list(meta.stuff_classes)
     dicts = DatasetCatalog.get(source)
@@ -112,7 +124,10 @@ def make_pseudo_labels(
         if os.path.isfile(path):
             skipped += 1
             continue
-        image = utils.read_image(record["file_name"], format=cfg.INPUT.FORMAT)
+        try:
+            image = utils.read_image(record["file_name"], format=cfg.INPUT.FORMAT)
+        except Exception as e:  # PIL raises several types for damaged files
+            raise UnreadableFileError(f"Cannot read image {record['file_name']}: {e}") from e
         height, width = image.shape[:2]
         aug = T.AugInput(image)
         augs(aug)

@@ -24,7 +24,7 @@ import torch
 from tabulate import tabulate
 
 from ..evaluation.zero_shot import ZERO_SHOT_METRICS
-from ..utils.errors import DataError
+from ..utils.errors import ConfigError, DataError
 from ..utils.fingerprint import file_sha256
 from ..utils.io import atomic_save_json, atomic_write, claim_generated_folder
 from ..utils.process import die_with_parent
@@ -93,12 +93,12 @@ def parse_variant(name: str) -> Variant:
     losses = tuple(p for p in body.split("+") if p)
     unknown = [p for p in losses if p not in LOSSES]
     if unknown or not losses:
-        raise ValueError(
+        raise ConfigError(
             f"variant {name!r}: unknown losses {unknown}; use '+'-joined names of {list(LOSSES)} "
             f"(optionally '@<dense method>'), 'config' or '{ANNOTATION_FREE}'"
         )
     if method and "dense" not in losses:
-        raise ValueError(f"variant {name!r}: '@{method}' needs the dense loss")
+        raise ConfigError(f"variant {name!r}: '@{method}' needs the dense loss")
     return Variant(name, losses, method or None)
 
 

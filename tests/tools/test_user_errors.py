@@ -1,5 +1,5 @@
-"""A catalogue of user errors across the command-line tools (train_net, cache_teacher, demo,
-visualize_json_results, export_model, the dataset preparation scripts): each is reported as one
+"""A catalogue of user errors across the command-line tools (every script in tools/ and the
+dataset preparation scripts): each is reported as one
 line ``<tool>: error: <message naming the key, file or value>`` with exit status 2, without a
 traceback; ``--debug`` shows the traceback. The tools run in-process (their ``main(argv)``)."""
 
@@ -19,7 +19,7 @@ from clipdistill.data.prepare import voc as prepare_voc
 
 # fresh_loggers: an autouse fixture
 from common import CONFIGS, TINY_OPTS, VOC20_TOY_CONFIG, fresh_loggers  # noqa: F401
-from common import load_tool, make_tiny_toy, tiny_cfg, tiny_train_opts
+from common import REPO, load_tool, make_tiny_toy, tiny_cfg, tiny_train_opts
 
 TOY_CFG = VOC20_TOY_CONFIG
 train_net = load_tool("train_net")
@@ -428,6 +428,153 @@ CASES += [
 ]
 
 
+loss_table = load_tool("loss_table")
+pseudo = load_tool("make_pseudo_labels")
+train_toy_clip = load_tool("train_toy_clip")
+bench_backbones = load_tool("bench_backbones")
+eval_onnx = load_tool("eval_onnx")
+export_open_vocab = load_tool("export_open_vocab")
+
+
+def _pseudo(w, dataset, *extra, out="pseudo", weights=None):
+    return [
+        "--config-file",
+        TOY_CFG,
+        "--dataset",
+        dataset,
+        "--name",
+        f"{dataset}_pl_{out}",
+        "--output-dir",
+        out if out.startswith("/") else str(w["root"] / out),
+        *TINY_OPTS,
+        "INPUT.MIN_SIZE_TEST",
+        "32",
+        "INPUT.MAX_SIZE_TEST",
+        "64",
+        "MODEL.WEIGHTS",
+        weights or w["good_ckpt"],
+        *extra,
+    ]
+
+
+def _pseudo_done(w, out):
+    """A finished pseudo-label run of the good validation set in ``out``."""
+    if not (w["root"] / out / "manifest.json").exists():
+        assert pseudo.invoke_main(_pseudo(w, w["val"], out=out)) == 0
+    return w["root"] / out
+
+
+def _pseudo_other_config(w):
+    _pseudo_done(w, "pseudo_rerun")
+    return _pseudo(w, w["val"], "INPUT.MAX_SIZE_TEST", "48", out="pseudo_rerun")
+
+
+def _pseudo_truncated_fingerprint(w):
+    fingerprint = _pseudo_done(w, "pseudo_fp") / "fingerprint.json"
+    fingerprint.write_text(fingerprint.read_text()[:30])
+    return _pseudo(w, w["val"], out="pseudo_fp")
+
+
+def _loss_table(w, *extra, variants=("ce",), out="loss_table"):
+    return [
+        "--config-file",
+        TOY_CFG,
+        "--output",
+        str(w["root"] / out),
+        "--no-teacher",
+        "--seeds",
+        "0",
+        "--variants",
+        *variants,
+        *TINY_OPTS,
+        *extra,
+    ]
+
+
+def _loss_table_damaged_results(w):
+    """A finished run whose sem_seg_evaluation.pth is damaged: reading it is the error."""
+    from clipdistill.testbed.loss_table import RUN_RECORD
+
+    run = w["root"] / "loss_table_damaged" / "ce" / "seed0"
+    (run / "inference").mkdir(parents=True, exist_ok=True)
+    (run / "inference" / "sem_seg_evaluation.pth").write_bytes(b"\x80\x02garbage")
+    (run / RUN_RECORD).write_text("{}")
+    return _loss_table(w, out="loss_table_damaged")
+
+
+CASES += [
+    # --- make_pseudo_labels
+    (
+        "pseudo: unregistered dataset",
+        pseudo,
+        lambda w: _pseudo(w, "no_such_set_train"),
+        "no_such_set_train",
+    ),
+    (
+        "pseudo: missing weights",
+        pseudo,
+        lambda w: _pseudo(w, w["val"], weights="/nope/w.pth"),
+        "/nope/w.pth",
+    ),
+    (
+        "pseudo: read-only output folder",
+        pseudo,
+        lambda w: _pseudo(w, w["val"], out="/sys/clipdistill_pseudo"),  # EPERM/EACCES for root
+        "/sys/clipdistill_pseudo",
+    ),
+    ("pseudo: rerun with another config", pseudo, _pseudo_other_config, "another config"),
+    ("pseudo: truncated fingerprint", pseudo, _pseudo_truncated_fingerprint, "fingerprint.json"),
+    (
+        "pseudo: truncated image",
+        pseudo,
+        lambda w: _pseudo(w, w["truncated"], out="pseudo_trunc"),
+        "toy_train_0000.jpg",
+    ),
+    # --- loss_table
+    (
+        "loss_table: unknown loss",
+        loss_table,
+        lambda w: _loss_table(w, variants=["ce+bogus"]),
+        "bogus",
+    ),
+    (
+        "loss_table: missing config",
+        loss_table,
+        lambda w: ["--config-file", "/nope/lt.yaml", "--output", str(w["root"] / "lt")],
+        "lt.yaml",
+    ),
+    (
+        "loss_table: unknown key",
+        loss_table,
+        lambda w: _loss_table(w, "MODEL.NOT_A_KEY", "1"),
+        "MODEL.NOT_A_KEY",
+    ),
+    (
+        "loss_table: damaged sem_seg_evaluation.pth",
+        loss_table,
+        _loss_table_damaged_results,
+        "sem_seg_evaluation.pth",
+    ),
+    # --- the other tools
+    ("train_toy_clip: --threads 0", train_toy_clip, lambda w: ["--threads", "0"], "--threads"),
+    ("bench_backbones: --size 0", bench_backbones, lambda w: ["--size", "0"], "--size"),
+    (
+        "eval_onnx: missing export",
+        eval_onnx,
+        lambda w: ["--folder", "/nope/export", "--dataset", w["val"]],
+        "/nope/export",
+    ),
+    (
+        "export_open_vocab: missing weights",
+        export_open_vocab,
+        lambda w: ["--config-file", TOY_CFG, "--output", str(w["root"] / "ov")]
+        + TINY_OPTS
+        + ["MODEL.WEIGHTS", "/nope/ov.pth"],
+        "/nope/ov.pth",
+    ),
+]
+
+
 def _call(tool, argv):
     entry = getattr(tool, "invoke_main", None) or tool.main
     try:
@@ -455,9 +602,12 @@ def test_user_error_is_one_line_with_exit_status_2(world, case, capsys):
 
 
 def test_catalogue_is_large_and_covers_every_tool():
-    tools = {c[1] for c in CASES}
+    """Every script in tools/ (and the dataset preparation) has at least one case."""
+    covered = {getattr(c[1], "__name__", "").replace("clipdistill_tool_", "") for c in CASES}
+    tools = {f[:-3] for f in os.listdir(os.path.join(REPO, "tools")) if f.endswith(".py")}
     assert len(CASES) >= 25
-    assert {train_net, cache_teacher, demo, visualize, export, _Prepare, make_toy} <= tools
+    assert tools <= covered, f"tools without a user-error case: {sorted(tools - covered)}"
+    assert _Prepare in {c[1] for c in CASES}
 
 
 def test_debug_shows_the_traceback(world):
