@@ -65,6 +65,13 @@ def _common_problems(cfg) -> List[str]:
     p.need(is_int(max_size) and max_size > 0, "INPUT.MAX_SIZE_TEST", max_size, "an integer > 0")
     ign = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
     p.need(is_int(ign) and ign >= 0, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", ign, "an integer >= 0")
+    dim = cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM
+    p.need(
+        is_int(dim) and dim > 0,
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+        dim,
+        "an integer > 0 (channels of the head's convolutions)",
+    )
     p.need(
         is_int(cfg.DATALOADER.NUM_WORKERS) and cfg.DATALOADER.NUM_WORKERS >= 0,
         "DATALOADER.NUM_WORKERS",
@@ -214,6 +221,34 @@ def _training_problems(cfg) -> List[str]:
     return p
 
 
+def _ignore_value_problems(cfg, training: bool) -> List[str]:
+    """In training, ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE`` must not be the id of a class of a
+    training dataset (registered with its classes): that class's pixels would be dropped from
+    the loss without a word. (At test time the evaluator reads the dataset's own
+    ``ignore_label``: an open-vocabulary test set may have more than 255 classes.) The training
+    mapper makes the same check for code that builds it without this function."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    ign = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+    if not (is_int(ign) and ign >= 0):
+        return []  # reported already
+    if not training:
+        return []
+    registered = set(DatasetCatalog.list())
+    names = list(cfg.DATASETS.TRAIN)
+    hits = []
+    for name in dict.fromkeys(names):
+        classes = MetadataCatalog.get(name).get("stuff_classes") if name in registered else None
+        if classes and ign < len(classes):
+            hits.append(f"{name}'s {classes[ign]!r} (ids 0..{len(classes) - 1})")
+    if not hits:
+        return []
+    return [
+        f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE={ign}: is the id of a class, which would be ignored: "
+        f"{', '.join(hits)}; use an id outside the classes, e.g. 255"
+    ]
+
+
 def check_datasets_registered(names, key: str) -> None:
     """Raise ``ConfigKeyError`` naming ``key`` when a dataset in ``names`` is not registered."""
     from detectron2.data import DatasetCatalog
@@ -239,6 +274,7 @@ def validate_config(cfg, training: bool = False, world_size: Optional[int] = Non
         world_size: number of processes; ``SOLVER.IMS_PER_BATCH`` must be divisible by it.
     """
     problems = _common_problems(cfg) + _architecture_problems(cfg, training)
+    problems += _ignore_value_problems(cfg, training)
     if training:
         problems += _training_problems(cfg)
         b = cfg.SOLVER.IMS_PER_BATCH

@@ -25,6 +25,7 @@ TOY = VOC20_TOY_CONFIG
         ("SOLVER.LR_SCHEDULER_NAME", "'Nope'"),
         ("INPUT.CROP.TYPE", "'sideways'"),
         ("INPUT.MIN_SIZE_TRAIN", "()"),
+        ("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", "3"),  # class 3 of the toy set's 20
     ],
 )
 def test_training_values_that_cannot_work_are_named(key, value):
@@ -42,6 +43,8 @@ def test_training_values_that_cannot_work_are_named(key, value):
         ("MODEL.META_ARCHITECTURE", "NoSuchArch"),
         ("DATALOADER.NUM_WORKERS", "-1"),
         ("MODEL.CLIPDISTILL.LOSS.TEMPERATURE", "0.0"),
+        ("MODEL.SEM_SEG_HEAD.CONVS_DIM", "0"),
+        ("MODEL.SEM_SEG_HEAD.CONVS_DIM", "-8"),
     ],
 )
 def test_values_that_cannot_work_are_named_by_every_tool(key, value):

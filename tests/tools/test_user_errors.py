@@ -187,6 +187,24 @@ CASES = [
     ("INPUT.FORMAT", train_net, lambda w: _train(w, "INPUT.FORMAT", "XYZ"), "INPUT.FORMAT='XYZ'"),
     ("optimizer", train_net, lambda w: _train(w, "SOLVER.OPTIMIZER", "LION"), "SOLVER.OPTIMIZER"),
     (
+        "CONVS_DIM 0",
+        train_net,
+        lambda w: _train(w, "MODEL.SEM_SEG_HEAD.CONVS_DIM", "0"),
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM=0",
+    ),
+    (
+        "CONVS_DIM -8",
+        train_net,
+        lambda w: _train(w, "MODEL.SEM_SEG_HEAD.CONVS_DIM", "-8"),
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM=-8",
+    ),
+    (
+        "IGNORE_VALUE is a class id",
+        train_net,
+        lambda w: _train(w, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE", "5"),
+        "MODEL.SEM_SEG_HEAD.IGNORE_VALUE=5",
+    ),
+    (
         "unregistered dataset",
         train_net,
         lambda w: _train(w, "DATASETS.TRAIN", "('no_such_set_train',)"),
