@@ -4,7 +4,9 @@
     python tools/web_demo.py --config-file configs/voc.yaml MODEL.WEIGHTS out/model_final.pth
     # then open http://127.0.0.1:7860
 
-Serves a Gradio app on 127.0.0.1 (--host/--port to change). KEY VALUE config overrides go last,
+Serves a Gradio app on 127.0.0.1 (--host/--port to change). Uploads over --max-upload-bytes
+are refused (HTTP 413), images over --max-pixels with a message, before they are decoded; uploads
+are kept in a temporary folder removed when the server stops. KEY VALUE config overrides go last,
 as in train_net.py (the earlier "--opts KEY VALUE" still works, with a deprecation message). Bad
 input (no image, an unreadable image, empty or duplicated class names) is answered with a message
 on the page.
@@ -16,7 +18,7 @@ import sys
 
 from clipdistill.config import get_clipdistill_cfg
 from clipdistill.utils.cli import config_argument_parser, parse_config_args, run_tool
-from clipdistill.utils.cli import port_number
+from clipdistill.utils.cli import port_number, positive_int
 
 from detectron2.utils.logger import setup_logger
 
@@ -48,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument("--port", type=port_number, default=7860, help="port to listen on")
+    parser.add_argument(
+        "--max-upload-bytes",
+        type=positive_int,
+        default=20 * 1024 * 1024,
+        help="largest upload accepted (default 20 MiB; larger: HTTP 413)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=40_000_000,
+        help="largest image decoded, width x height (default 40 million)",
+    )
     return parser
 
 
@@ -61,6 +75,13 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     logger = logging.getLogger("clipdistill.web_demo")
 
+    from clipdistill.deploy.web import private_upload_folder
+
+    with private_upload_folder():  # before Gradio is imported: it reads GRADIO_TEMP_DIR then
+        return _serve(args, logger)
+
+
+def _serve(args, logger) -> int:
     from clipdistill.deploy import SegPredictor
     from clipdistill.deploy.predictor import evaluation_vocabulary
     from clipdistill.deploy.runtime import load_deploy_json
@@ -73,9 +94,9 @@ def _run(args) -> int:
         predictor = OnnxPredictor(args.onnx, names, student=args.onnx_student)
     else:
         predictor = SegPredictor(cfg, class_names=names)
-    app = build_app(predictor)
+    app = build_app(predictor, max_pixels=args.max_pixels)
     logger.info(f"serving on http://{args.host}:{args.port}")
-    launch(app, host=args.host, port=args.port, block=True)
+    launch(app, host=args.host, port=args.port, block=True, max_upload_bytes=args.max_upload_bytes)
     return 0
 
 

@@ -4,15 +4,26 @@
 (``tools/web_demo.py`` does both). Bad input (no image, an unreadable image, empty or duplicated
 class names) is answered with an error message on the page, never a stack trace.
 
+Limits: an upload larger than ``max_upload_bytes`` is refused by the server (HTTP 413, Gradio's
+``max_file_size``) before it is stored; an image with more than ``max_pixels`` pixels is refused
+from its header, before it is decoded, with a message on the page (a 12000x12000 PNG is 140 kB
+on disk but 430 MB decoded). Uploads are stored only in ``private_upload_folder()``, a temporary
+folder removed when the server stops (also on SIGTERM).
+
 Element ids (stable, used by the browser test): ``#input-image``, ``#class-names``,
 ``#segment-button``, ``#overlay``, ``#legend``, ``#status``.
 """
 
+import contextlib
 import html
 import logging
 import os
+import signal
+import tempfile
 import threading
-from typing import Optional, Sequence, Tuple
+import warnings
+from typing import Iterator, Optional, Sequence, Tuple
+
 import numpy as np
 
 from ..modeling.clip.text import check_class_names
@@ -26,6 +37,10 @@ __all__ = [
     "segment_for_web",
     "legend_html",
     "image_from_upload",
+    "check_pixel_count",
+    "private_upload_folder",
+    "MAX_UPLOAD_BYTES",
+    "MAX_PIXELS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,6 +94,63 @@ def _error(message: str) -> str:
 #: Uploads larger than this (longest side, pixels) are downscaled before segmentation: the model
 #: returns per-class logits at the image's size, which for huge photos costs gigabytes.
 MAX_SIDE = 2048
+#: largest upload the server accepts (bytes; HTTP 413 above): a photo is a few MB
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+#: largest image decoded (width x height): 40 megapixels (e.g. 8000x5000) are 120 MB as RGB
+MAX_PIXELS = 40_000_000
+
+
+def check_pixel_count(path: str, name: str, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse an image of more than ``max_pixels`` pixels from its header, before decoding it.
+
+    Raises:
+        ValueError: too many pixels (names ``name``, the size and the limit).
+    """
+    from PIL import Image
+
+    limit = f"the limit is {max_pixels:,} pixels (--max-pixels)"
+    try:
+        with warnings.catch_warnings():  # PIL's warning for > 89 Mpixels: refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:  # reads the header only
+                w, h = im.size
+    except Image.DecompressionBombError:  # PIL's own limit, far above ours
+        raise ValueError(f"{name} has far too many pixels; {limit}") from None
+    except Exception:
+        return  # not an image: read_image_rgb says so
+    if w * h > max_pixels:
+        raise ValueError(f"{name} is {w}x{h} = {w * h:,} pixels; {limit}")
+
+
+@contextlib.contextmanager
+def private_upload_folder() -> Iterator[str]:
+    """A temporary folder for Gradio's uploads (``GRADIO_TEMP_DIR``, inside the one the user set,
+    else in the system's temporary folder), removed on exit, so that no upload outlives the
+    server. SIGTERM is turned into ``KeyboardInterrupt`` meanwhile (Gradio then stops the server
+    and the folder is removed). Enter it before Gradio builds the app."""
+    parent = os.environ.get("GRADIO_TEMP_DIR")
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+
+        def _interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        old_handler = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with tempfile.TemporaryDirectory(prefix="clipdistill-web-", dir=parent or None) as tmp:
+            os.environ["GRADIO_TEMP_DIR"] = tmp
+            try:
+                yield tmp
+            finally:
+                if parent:
+                    os.environ["GRADIO_TEMP_DIR"] = parent
+                else:
+                    os.environ.pop("GRADIO_TEMP_DIR", None)
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
 
 
 def _limit_size(image: np.ndarray, max_side: int) -> Tuple[np.ndarray, bool]:
@@ -92,7 +164,9 @@ def _limit_size(image: np.ndarray, max_side: int) -> Tuple[np.ndarray, bool]:
     return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)), True
 
 
-def image_from_upload(payload, allowed_roots: Sequence[str] = ()) -> Optional[np.ndarray]:
+def image_from_upload(
+    payload, allowed_roots: Sequence[str] = (), max_pixels: int = MAX_PIXELS
+) -> Optional[np.ndarray]:
     """The uploaded image as uint8 RGB, from what the browser sent for the image input.
 
     The app's event runs with ``preprocess=False`` so that an unreadable upload reaches this
@@ -103,11 +177,19 @@ def image_from_upload(payload, allowed_roots: Sequence[str] = ()) -> Optional[np
             the upload and its ``orig_name``).
         allowed_roots: folders the upload must lie in (Gradio's upload/cache folders); other paths
             are refused, so a crafted request cannot make the server read arbitrary files.
+        max_pixels: larger images are refused from their header, before decoding.
 
     Raises:
-        ValueError: not a readable image, or a path outside ``allowed_roots``.
+        ValueError: not a readable image, too many pixels, or a path outside ``allowed_roots``.
     """
-    if payload is None or isinstance(payload, np.ndarray):
+    if payload is None:
+        return payload
+    if isinstance(payload, np.ndarray):
+        h, w = payload.shape[:2]
+        if h * w > max_pixels:
+            raise ValueError(
+                f"the image is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}"
+            )
         return payload
     path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
     name = (payload.get("orig_name") if isinstance(payload, dict) else None) or "the upload"
@@ -117,6 +199,7 @@ def image_from_upload(payload, allowed_roots: Sequence[str] = ()) -> Optional[np
     roots = [os.path.realpath(r) for r in allowed_roots if r]
     if roots and not any(os.path.commonpath([real, r]) == r for r in roots):
         raise ValueError(f"{name} is not an uploaded file")
+    check_pixel_count(real, name, max_pixels)
     try:
         return read_image_rgb(real)
     except OSError as e:
@@ -134,12 +217,13 @@ def segment_for_web(
     lock: Optional[threading.Lock] = None,
     allowed_roots: Sequence[str] = (),
     max_side: int = MAX_SIDE,
+    max_pixels: int = MAX_PIXELS,
 ) -> Tuple[Optional[np.ndarray], str, str]:
     """The app's handler: ``(overlay or None, legend HTML, status markdown)``; never raises.
 
     ``image``: an array or Gradio's upload payload (see ``image_from_upload``)."""
     try:
-        image = image_from_upload(image, allowed_roots)
+        image = image_from_upload(image, allowed_roots, max_pixels)
     except ValueError as e:
         return None, "", _error(str(e))
     if image is None:
@@ -171,8 +255,13 @@ def segment_for_web(
     return overlay, legend, status
 
 
-def build_app(predictor: SegPredictor, title: str = "clipdistill open-vocabulary segmentation"):
-    """The Gradio ``Blocks`` app around ``predictor`` (default names: its current vocabulary)."""
+def build_app(
+    predictor: SegPredictor,
+    title: str = "clipdistill open-vocabulary segmentation",
+    max_pixels: int = MAX_PIXELS,
+):
+    """The Gradio ``Blocks`` app around ``predictor`` (default names: its current vocabulary);
+    images of more than ``max_pixels`` pixels are refused with a message."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -183,7 +272,7 @@ def build_app(predictor: SegPredictor, title: str = "clipdistill open-vocabulary
 
     def segment(image, names_text):
         roots = [get_upload_folder(), getattr(image_input, "GRADIO_CACHE", "")]
-        return segment_for_web(predictor, image, names_text, lock, roots)
+        return segment_for_web(predictor, image, names_text, lock, roots, max_pixels=max_pixels)
 
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(
@@ -230,8 +319,15 @@ def build_app(predictor: SegPredictor, title: str = "clipdistill open-vocabulary
     return app
 
 
-def launch(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-    """Serve ``app`` on ``http://host:port`` (no share link, no analytics, system fonts)."""
+def launch(
+    app,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    block: bool = True,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+):
+    """Serve ``app`` on ``http://host:port`` (no share link, no analytics, system fonts); an
+    upload of more than ``max_upload_bytes`` is answered with HTTP 413 and not stored."""
     import gradio as gr
 
     theme = gr.themes.Default(
@@ -249,4 +345,5 @@ def launch(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
         theme=theme,
         footer_links=[],
         quiet=False,
+        max_file_size=int(max_upload_bytes),
     )
