@@ -181,7 +181,8 @@ def _reason(error: Exception, path: str) -> str:
     return msg[len(path) + 2 :] if msg.startswith(path + ": ") else msg
 
 
-def _readable_images(files, stems, report: DemoReport) -> Iterator[tuple]:
+def _readable_images(predictor, files, stems, report: DemoReport) -> Iterator[tuple]:
+    """The images that can be read and that the model can take (others skipped, named)."""
     for path, stem in zip(files, stems):
         try:
             image = read_image_rgb(path)
@@ -189,6 +190,11 @@ def _readable_images(files, stems, report: DemoReport) -> Iterator[tuple]:
             why = _reason(e, path)
             logger.error(f"Skipping {path}: {why}")
             report.failed.append((path, why))
+            continue
+        problem = predictor.input_problem(image)
+        if problem:
+            logger.warning(f"Skipping {path}: {problem}")
+            report.failed.append((path, problem))
             continue
         yield (path, stem), image
 
@@ -304,7 +310,9 @@ def _segment_all(predictor, files, output_dir, batch_size, save_scores, alpha, p
     videos = [(f, s) for f, s in zip(files, stems) if is_video(f)]
     images = [(f, s) for f, s in zip(files, stems) if not is_video(f)]
     if images:
-        stream = _readable_images([f for f, _ in images], [s for _, s in images], report)
+        stream = _readable_images(
+            predictor, [f for f, _ in images], [s for _, s in images], report
+        )
         bar = tqdm(total=len(images), desc="segmenting", unit="image", disable=not progress)
         try:
             for (path, stem), image, result in predictor.predict_batches(

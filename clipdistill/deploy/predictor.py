@@ -27,7 +27,7 @@ from ..modeling.batch_norm import fold_for_inference
 from ..modeling.clip.text import check_class_names
 from ..modeling.postprocess import CHUNK_ELEMENTS, CoarseSemSeg, iter_probs, label_map
 from ..modeling.segmenter import OpenVocabSegmenter
-from ..utils.errors import ConfigError
+from ..utils.errors import ConfigError, DataError
 from ..utils.visualize import class_colors, overlay_with_legend
 
 __all__ = [
@@ -256,8 +256,28 @@ class SegPredictor:
         return self.class_names
 
     # ------------------------------------------------------------------------------ inference
+    def input_problem(self, image_rgb: np.ndarray) -> Optional[str]:
+        """Why the model cannot take this image, or None: the evaluation geometry
+        (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) would resize a side to 0 pixels (a
+        3000x8 strip). Decided from the transforms alone, before any resizing."""
+        h, w = image_rgb.shape[:2]
+        for aug in self.augs.augs:
+            tfm = aug.get_transform(image_rgb)
+            new_h, new_w = getattr(tfm, "new_h", h), getattr(tfm, "new_w", w)
+            if new_h < 1 or new_w < 1:
+                return (
+                    f"a {w}x{h} image would be resized to {new_w}x{new_h} for the model "
+                    f"(INPUT.MIN_SIZE_TEST={self.cfg.INPUT.MIN_SIZE_TEST}, "
+                    f"INPUT.MAX_SIZE_TEST={self.cfg.INPUT.MAX_SIZE_TEST}): its aspect ratio is "
+                    "too extreme; crop it"
+                )
+        return None
+
     def _to_input(self, image_rgb: np.ndarray) -> dict:
         image = to_rgb_uint8(image_rgb)
+        problem = self.input_problem(image)
+        if problem:
+            raise DataError(problem)
         h, w = image.shape[:2]
         if self.input_format == "BGR":
             image = np.ascontiguousarray(image[:, :, ::-1])

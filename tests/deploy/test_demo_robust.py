@@ -116,3 +116,30 @@ def test_full_disk_stops_with_one_line_lists_what_was_done(tmp_path, tiny_opts, 
     assert not [f for f in files if f.startswith(".")]  # no temporary file left
     assert not [f for f in files if f.startswith("b_big")]  # nothing of the failed image
     assert {"a_small_label.png", "a_small_overlay.png", "a_small_scores.npz"} <= set(files)
+
+
+def test_an_image_the_model_cannot_take_is_skipped_and_the_others_done(tmp_path, tiny_opts):
+    """A 3000x8 image (its short side resized to the test size makes the long side too long for
+    the model) is skipped with one warning line naming it; the other images are segmented."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (8, 3000, 3), dtype=np.uint8)).save(folder / "b.png")
+    Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(folder / "c.png")
+    out = tmp_path / "out"
+    argv = ["--config-file", VOC20_TOY_CONFIG, "--input", str(folder), "--output", str(out)]
+    argv += ["--no-progress", *tiny_opts]
+    argv += ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128"]  # 3000x8 -> 128x0
+    handler = ListHandler()
+    logging.getLogger("clipdistill").addHandler(handler)
+    try:
+        rc = demo.main(argv)
+    finally:
+        logging.getLogger("clipdistill").removeHandler(handler)
+    files = set(os.listdir(out))
+    assert {"a_overlay.png", "c_overlay.png"} <= files, files
+    assert not [f for f in files if f.startswith("b_")]
+    skipped = [m for m in handler.messages if "b.png" in m and "Skipping" in m]
+    assert len(skipped) == 1 and "\n" not in skipped[0], handler.messages
+    assert rc == 0  # some inputs were segmented (the skipped one is listed at the end)

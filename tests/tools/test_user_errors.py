@@ -317,6 +317,12 @@ CASES = [
     ),
     ("demo: duplicated names", demo, lambda w: _demo(w, "--class-names", "a", "a"), "duplicated"),
     (
+        "demo: class name not UTF-8",  # b"d\xf6g" from a Latin-1 shell: a lone surrogate
+        demo,
+        lambda w: _demo(w, "--class-names", "cat", os.fsdecode(b"d\xf6g")),
+        "class name 2 (d\\udcf6g) is not valid UTF-8",
+    ),
+    (
         "demo: output is a file",
         demo,
         lambda w: [

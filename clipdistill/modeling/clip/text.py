@@ -94,6 +94,15 @@ def check_class_names(class_names: Sequence[str]) -> List[str]:
     if not raw:
         raise ConfigError("no class names given: class_names is empty (give at least one name).")
     names = [n.strip() for n in raw]
+    for i, n in enumerate(names):  # lone surrogates: bytes that were not UTF-8 (argv, a file)
+        try:
+            n.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = n.encode("utf-8", "backslashreplace").decode("utf-8")
+            raise ConfigError(
+                f"class name {i + 1} ({shown}) is not valid UTF-8 text (undecodable bytes, "
+                "e.g. from a file or a command line in another encoding); give it in UTF-8"
+            ) from None
     empty = [i + 1 for i, n in enumerate(names) if not n]
     if empty:
         raise ConfigError(
