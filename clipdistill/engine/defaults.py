@@ -1,13 +1,15 @@
 """``setup(args)``: the config of a training or evaluation run, as detectron2's ``default_setup``
 prepares it (``tools/train_net.py``)."""
 
+import os
+
 from detectron2.config import CfgNode
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import get_clipdistill_cfg, validate_config
-from ..utils.io import ensure_writable_dir
+from ..utils.io import ensure_writable_dir, storage_error_of
 
 __all__ = ["setup"]
 
@@ -23,6 +25,12 @@ def setup(args) -> CfgNode:
     cfg.freeze()
     if comm.is_main_process():
         ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
-    default_setup(cfg, args)
+    try:
+        default_setup(cfg, args)  # writes OUTPUT_DIR/config.yaml
+    except OSError as e:
+        error = storage_error_of(e, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+        if error is None:
+            raise
+        raise error from e
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="clipdistill")
     return cfg

@@ -19,6 +19,7 @@ Python's default), the traceback of a user error too with ``--debug``. Also used
 """
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
@@ -119,11 +120,28 @@ def report_error(prog: str, error, code: int = USER_ERROR_EXIT) -> int:
     return code
 
 
+@contextlib.contextmanager
+def _quiet_logging_errors(debug: bool):
+    """A log handler that cannot write (the log file on a full disk) makes ``logging`` print
+    "--- Logging error ---" and a traceback at every record, burying the one-line error that
+    follows: unless ``debug``, such failures are ignored (``logging.raiseExceptions = False``,
+    what Python's documentation advises in production); the run's own outputs still fail with
+    one line naming the file."""
+    old = logging.raiseExceptions
+    if not debug:
+        logging.raiseExceptions = False
+    try:
+        yield
+    finally:
+        logging.raiseExceptions = old
+
+
 def run_tool(prog: str, fn: Callable[[], Optional[int]], debug: bool = False) -> int:
     """Run ``fn()``; its return value (an int, else 0) is the exit status. A user error is
     reported in one line (exit status 2) unless ``debug``; any other exception propagates."""
     try:
-        rc = fn()
+        with _quiet_logging_errors(debug):
+            rc = fn()
     except Exception as e:
         if debug or not is_user_error(e):
             raise
@@ -177,7 +195,8 @@ def _guarded_main(
             if not any(isinstance(f, _NoUserErrorTraceback) for f in logger.filters):
                 logger.addFilter(_NoUserErrorTraceback())
     try:
-        main(args)
+        with _quiet_logging_errors(getattr(args, "debug", False)):
+            main(args)
     except Exception as e:
         if getattr(args, "debug", False) or not is_user_error(e):
             raise

@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import tempfile
-from typing import IO, Any, Iterator, Union
+from typing import IO, Any, Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -35,6 +35,7 @@ __all__ = [
     "remove_stale_temps",
     "ensure_writable_dir",
     "claim_generated_folder",
+    "storage_error_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,14 @@ def _storage_error(e: OSError, path: str) -> OutputError:
     folder = os.path.dirname(os.path.abspath(path))
     why = _STORAGE_ERRNOS.get(e.errno, e.strerror or str(e))
     return OutputError(e.errno, f"cannot write {path} (folder {folder}): {why}")
+
+
+def storage_error_of(e: BaseException, path: str) -> Optional[OutputError]:
+    """An ``OutputError`` naming ``path`` when ``e`` comes from the storage (full disk,
+    read-only folder...: see ``_storage_cause``), else None; for writes made by other code
+    (detectron2's ``config.yaml``)."""
+    cause = _storage_cause(e)
+    return None if cause is None else _storage_error(cause, path)
 
 
 def _storage_cause(e: BaseException):

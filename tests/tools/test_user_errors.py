@@ -3,6 +3,7 @@ dataset preparation scripts): each is reported as one
 line ``<tool>: error: <message naming the key, file or value>`` with exit status 2, without a
 traceback; ``--debug`` shows the traceback. The tools run in-process (their ``main(argv)``)."""
 
+import errno
 import os
 import shutil
 import uuid
@@ -648,3 +649,72 @@ def test_options_after_the_overrides_are_options(world):
         parser, ["--config-file", "c.yaml", "SOLVER.MAX_ITER", "2", "--resume", "--num-gpus", "2"]
     )
     assert args.resume and args.num_gpus == 2 and args.opts == ["SOLVER.MAX_ITER", "2"]
+
+
+def test_full_disk_at_the_start_is_one_line_without_logging_errors(world, capsys):
+    """A disk too full for the run's files: the log file's handler fails at every record
+    (logging's "--- Logging error ---" and a traceback each, before) and then detectron2's
+    config.yaml: one line naming it, status 2, no logging traceback."""
+    from common import file_size_limit
+
+    argv = ["--config-file", TOY_CFG, "--eval-only"] + tiny_train_opts(
+        world["train"], world["val"], world["root"] / "eval_full", "MODEL.WEIGHTS",
+        world["good_ckpt"],
+    )
+    capsys.readouterr()
+    with file_size_limit(1500):  # log.txt and the evaluation outputs outgrow it
+        rc = _call(train_net, argv)
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err, err[-3000:]
+    assert rc == 2, err[-3000:]
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "eval_full" in errors[0], err[-3000:]  # names the file
+    print("ONE-LINE:", errors[0])
+
+
+class _FullDiskStream:
+    def write(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_during_evaluation_is_one_line_without_logging_errors(
+    world, capsys, monkeypatch
+):
+    """The disk fills during an evaluation: every log record fails (a handler on a full disk)
+    and so does the evaluation's output: one line naming the file, status 2, no "--- Logging
+    error ---" (21 of them, each with a traceback, before)."""
+    import logging
+
+    from clipdistill.evaluation import zero_shot
+
+    def full_disk_save(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zero_shot.torch, "save", full_disk_save)
+    handler = logging.StreamHandler(_FullDiskStream())
+    loggers = [logging.getLogger(n) for n in ("detectron2", "clipdistill", "d2")]
+    argv = ["--config-file", TOY_CFG, "--eval-only"] + tiny_train_opts(
+        world["train"], world["val"], world["root"] / "eval_enospc", "MODEL.WEIGHTS",
+        world["good_ckpt"],
+    )
+    capsys.readouterr()
+    from detectron2.utils.logger import setup_logger
+
+    for name in ("detectron2", "clipdistill"):  # the loggers exist with their handlers first
+        setup_logger(name=name)
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        rc = _call(train_net, argv)
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err, err[-3000:]
+    assert rc == 2, err[-3000:]
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "sem_seg_evaluation.pth" in errors[0], err[-3000:]
+    assert "no space left" in errors[0]
