@@ -111,12 +111,33 @@ def add_debug_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _write_line(text: str, stream=None) -> None:
+    """Write ``text`` + newline to ``stream`` (stderr) in one write: the lines of processes
+    sharing a terminal (the ranks of several machines on one host) never run together. Text
+    that the stream cannot encode (a lone surrogate from a non-UTF-8 name) is escaped."""
+    stream = stream or sys.stderr
+    line = text + "\n"
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: captured streams
+        fd = None
+    if fd is not None:
+        stream.flush()
+        data = line.encode(getattr(stream, "encoding", None) or "utf-8", "backslashreplace")
+        while data:  # one write for any line shorter than the pipe buffer (4 kB)
+            data = data[os.write(fd, data) :]
+        return
+    stream.write(line)
+    stream.flush()
+
+
 def report_error(prog: str, error, code: int = USER_ERROR_EXIT) -> int:
-    """Print ``<prog>: error: <one-line message>`` to stderr and return ``code``.
+    """Write ``<prog>: error: <one-line message>`` to stderr (one write, newline included) and
+    return ``code``.
 
     ``error`` is a message or an exception (``user_message``)."""
     msg = user_message(error) if isinstance(error, BaseException) else str(error)
-    print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+    _write_line(f"{prog}: error: {msg}")
     return code
 
 
@@ -205,7 +226,7 @@ def _guarded_main(
 
             rank = comm.get_rank()
             tmp = os.path.join(error_dir, f".rank{rank}.tmp")
-            with open(tmp, "w") as f:
+            with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
                 f.write(user_message(e))
             os.replace(tmp, os.path.join(error_dir, f"rank{rank}"))
             sys.exit(USER_ERROR_EXIT)  # the parent sees the exit status and ends the others
@@ -214,17 +235,19 @@ def _guarded_main(
 
 
 def _worker_errors(error_dir: str) -> List[str]:
-    """The distinct one-line errors the processes wrote, rank 0's first."""
+    """The distinct one-line errors the processes wrote, rank 0's first, each prefixed with the
+    rank(s) that wrote it (``rank 1: ...``, ``ranks 0, 1: ...``)."""
     files = sorted(
         (n for n in os.listdir(error_dir) if n.startswith("rank")), key=lambda n: int(n[4:])
     )
-    messages: List[str] = []
+    by_message = {}  # message -> ranks, in rank order
     for name in files:
-        with open(os.path.join(error_dir, name)) as f:
-            msg = f.read()
-        if msg not in messages:
-            messages.append(msg)
-    return messages
+        with open(os.path.join(error_dir, name), encoding="utf-8") as f:
+            by_message.setdefault(f.read(), []).append(int(name[4:]))
+    return [
+        f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {msg}"
+        for msg, ranks in by_message.items()
+    ]
 
 
 def launch_tool(prog: str, main: Callable, args) -> int:
@@ -247,7 +270,7 @@ def launch_tool(prog: str, main: Callable, args) -> int:
             raise
         return report_error(prog, e)
     if note:
-        print(f"{prog}: {note}", file=sys.stderr, flush=True)
+        _write_line(f"{prog}: {note}")
     multi = args.num_gpus * num_machines > 1
     with tempfile.TemporaryDirectory(prefix="clipdistill-errors-") as error_dir:
         try:

@@ -1,7 +1,8 @@
 """Children end with their parent (issue 20, finding 13): a ``kill -9`` of the parent leaves no
 child writing on its own. A parent process starts a sleeping child (a plain command, the child
 ``train_net.py`` of ``loss_table.py``, the ranks of ``--num-gpus 2``), is killed with SIGKILL,
-and the children must be gone within a few seconds."""
+and the children must be gone within a few seconds. And the error lines of several processes
+never run together: one write per line, each rank's line prefixed with its rank."""
 
 import os
 import signal
@@ -154,3 +155,79 @@ def test_ranks_of_num_gpus_2_end_with_the_launcher(tmp_path):
     children = _wait_for_files(tmp_path, 2, parent)
     assert parent.pid not in children
     _kill_parent_and_check_children(parent, children)
+
+
+def test_error_line_is_one_write_ending_in_a_newline(monkeypatch):
+    """``report_error`` writes its line and the newline at once: two processes' lines on one
+    terminal cannot run together (print() wrote the text and the newline separately)."""
+    import io
+
+    from clipdistill.utils.cli import report_error
+
+    class Recorder(io.StringIO):
+        writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+            return len(text)
+
+        def fileno(self):
+            raise io.UnsupportedOperation("captured")
+
+    rec = Recorder()
+    monkeypatch.setattr(sys, "stderr", rec)
+    assert report_error("tool.py", "bad value") == 2
+    assert rec.writes == ["tool.py: error: bad value\n"]
+    rec.writes.clear()
+    r, w = os.pipe()  # a real file descriptor: one os.write, a lone surrogate escaped
+    with os.fdopen(w, "w", encoding="utf-8") as stream:
+        monkeypatch.setattr(sys, "stderr", stream)
+        report_error("tool.py", "name d\udcf6g")
+    with os.fdopen(r, "rb") as f:
+        assert f.read() == b"tool.py: error: name d\\udcf6g\n"
+
+
+def test_each_rank_error_is_its_own_line_prefixed_with_the_rank(tmp_path):
+    """Two ranks with different user errors: two lines, each naming its rank; the same error in
+    both ranks: one line naming both."""
+    script = tmp_path / "launcher.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import argparse, sys
+            from detectron2.utils import comm
+            from clipdistill.utils.cli import launch_tool
+            from clipdistill.utils.errors import ConfigError
+
+            def main(args):
+                rank = comm.get_rank() if args.differ else 0
+                raise ConfigError(f"bad value in process {rank}")
+
+            if __name__ == "__main__":
+                args = argparse.Namespace(num_gpus=2, num_machines=1, machine_rank=0,
+                                          dist_url="auto", differ=sys.argv[1] == "differ")
+                sys.exit(launch_tool("launcher.py", main, args))
+            """
+        )
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        CUDA_VISIBLE_DEVICES="",
+        OMP_NUM_THREADS="1",
+    )
+    for mode, expected in [
+        ("differ", ["rank 0: bad value in process 0", "rank 1: bad value in process 1"]),
+        ("same", ["ranks 0, 1: bad value in process 0"]),
+    ]:
+        p = subprocess.run(
+            [sys.executable, str(script), mode],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert p.returncode == 2, p.stderr[-3000:]
+        errors = [line for line in p.stderr.splitlines() if ": error: " in line]
+        assert errors == [f"launcher.py: error: {e}" for e in expected], p.stderr[-3000:]
