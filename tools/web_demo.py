@@ -18,7 +18,7 @@ import sys
 
 from clipdistill.config import get_clipdistill_cfg
 from clipdistill.utils.cli import config_argument_parser, parse_config_args, run_tool
-from clipdistill.utils.cli import port_number, positive_int
+from clipdistill.utils.cli import non_negative_int, port_number, positive_int
 
 from detectron2.utils.logger import setup_logger
 
@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest upload accepted (default 20 MiB; larger: HTTP 413)",
     )
     parser.add_argument(
+        "--examples",
+        type=non_negative_int,
+        default=4,
+        metavar="N",
+        help="offer the first N images of the config's test set as examples to click (default 4; "
+        "0: none; none either when that data set is not on disk)",
+    )
+    parser.add_argument(
         "--max-pixels",
         type=positive_int,
         default=40_000_000,
@@ -83,7 +91,7 @@ def _run(args) -> int:
 
 def _serve(args, logger) -> int:
     from clipdistill.deploy import SegPredictor
-    from clipdistill.deploy.predictor import evaluation_vocabulary
+    from clipdistill.deploy.predictor import evaluation_vocabulary, example_images
     from clipdistill.deploy.runtime import load_deploy_json
     from clipdistill.deploy.web import OnnxPredictor, build_app, launch
 
@@ -94,7 +102,8 @@ def _serve(args, logger) -> int:
         predictor = OnnxPredictor(args.onnx, names, student=args.onnx_student)
     else:
         predictor = SegPredictor(cfg, class_names=names)
-    app = build_app(predictor, max_pixels=args.max_pixels)
+    examples = example_images(cfg, args.examples)
+    app = build_app(predictor, max_pixels=args.max_pixels, examples=examples)
     logger.info(f"serving on http://{args.host}:{args.port}")
     launch(app, host=args.host, port=args.port, block=True, max_upload_bytes=args.max_upload_bytes)
     return 0

@@ -50,6 +50,26 @@ def evaluation_vocabulary(cfg) -> Optional[List[str]]:
     return list(names) if names else None
 
 
+def example_images(cfg, count: int = 4) -> List[str]:
+    """The first ``count`` images of the config's test set (``DATASETS.TEST[0]``) that exist on
+    disk: the web demo's examples to click. Empty when the config names no test set, or its data
+    is not there (a real dataset not yet prepared): the demo then opens without examples."""
+    import os
+
+    from detectron2.data import DatasetCatalog
+
+    test = cfg.DATASETS.TEST
+    if count <= 0 or not test or test[0] not in DatasetCatalog.list():
+        return []
+    try:
+        records = DatasetCatalog.get(test[0])
+    except Exception as e:  # a dataset not prepared: no examples, said once
+        logger.info(f"no example images: {test[0]} cannot be read ({type(e).__name__}: {e})")
+        return []
+    paths = [r["file_name"] for r in records if os.path.isfile(r.get("file_name", ""))]
+    return paths[:count]
+
+
 def parse_class_names(text: str) -> List[str]:
     """Comma-separated names (the web demo's text box) -> checked list (``check_class_names``)."""
     if text is None or not str(text).strip():

@@ -27,7 +27,13 @@ from typing import Iterator, Optional, Sequence, Tuple
 import numpy as np
 
 from ..modeling.clip.text import check_class_names
-from ..utils.visualize import class_colors, classes_present, overlay_with_legend
+from ..utils.visualize import (
+    class_colors,
+    classes_present,
+    nearest_upscale,
+    overlay_with_legend,
+    upscale_factor,
+)
 from .predictor import SegPredictor, SegResult, parse_class_names, read_image_rgb, to_rgb_uint8
 
 __all__ = [
@@ -210,6 +216,21 @@ def image_from_upload(
         ) from e
 
 
+#: a small image (the testbed's are 64 px) is shown enlarged to at least this shorter side
+DISPLAY_MIN_SIDE = 384
+
+
+def display_overlay(image: np.ndarray, label: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """The page's overlay: the image blended with the label colours, without a legend drawn in
+    it (the page lists the classes beside it), enlarged by an integer factor (nearest) when its
+    shorter side is under ``DISPLAY_MIN_SIDE``, so that a small image stays readable (its longer
+    side at most ``MAX_SIDE``)."""
+    factor = upscale_factor(image.shape[:2], DISPLAY_MIN_SIDE)
+    factor = max(1, min(factor, MAX_SIDE // max(image.shape[:2])))  # a strip stays bounded
+    image, label = nearest_upscale(image, factor), nearest_upscale(label, factor)
+    return overlay_with_legend(image, label, (), colors, legend=False)
+
+
 def segment_for_web(
     predictor: SegPredictor,
     image,
@@ -240,7 +261,7 @@ def segment_for_web(
         with lock:
             predictor.set_class_names(names)
             result = predictor(image)
-            overlay = predictor.overlay(image, result)
+            overlay = display_overlay(image, result.label, predictor.colors)
             legend = legend_html(result.label, result.class_names, predictor.colors)
     except ValueError as e:
         return None, "", _error(str(e))
@@ -259,9 +280,12 @@ def build_app(
     predictor: SegPredictor,
     title: str = "clipdistill open-vocabulary segmentation",
     max_pixels: int = MAX_PIXELS,
+    examples: Sequence[str] = (),
 ):
     """The Gradio ``Blocks`` app around ``predictor`` (default names: its current vocabulary);
-    images of more than ``max_pixels`` pixels are refused with a message."""
+    images of more than ``max_pixels`` pixels are refused with a message. ``examples``: image
+    files offered below the input, a click loads one (``deploy.predictor.example_images``: the
+    config's first test images)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -295,6 +319,14 @@ def build_app(
                     elem_id="class-names",
                 )
                 button = gr.Button("Segment", variant="primary", elem_id="segment-button")
+                if examples:
+                    gr.Examples(
+                        examples=[[path] for path in examples],
+                        inputs=[image_input],
+                        label="Examples: click one, then Segment",
+                        examples_per_page=len(examples),
+                        elem_id="examples",
+                    )
             with gr.Column():
                 overlay = gr.Image(
                     type="numpy",

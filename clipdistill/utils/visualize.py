@@ -27,6 +27,7 @@ __all__ = [
     "classes_present",
     "font_for",
     "upscale_factor",
+    "nearest_upscale",
     "drop_small_regions",
     "blend",
     "legend_panel",
@@ -274,7 +275,8 @@ def upscale_factor(hw: Tuple[int, int], min_side: int) -> int:
     return max(1, -(-int(min_side) // short))
 
 
-def _nearest(array: np.ndarray, factor: int) -> np.ndarray:
+def nearest_upscale(array: np.ndarray, factor: int) -> np.ndarray:
+    """``array`` (``[H, W, ...]``) enlarged ``factor`` times by repeating each pixel."""
     if factor == 1:
         return array
     return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
@@ -410,12 +412,12 @@ def compare_panels(
             raise ValueError(f"{what} {m.shape} and image {image.shape[:2]} sizes differ")
     f = upscale_factor(image.shape[:2], min_side)
     size = int(np.clip(min(image.shape[:2]) * f / 18, 11, 22))
-    panels = [_header(_nearest(image, f), title or "image", size)]
+    panels = [_header(nearest_upscale(image, f), title or "image", size)]
     drawn = []
     for what, m in maps:
         m = drop_small_regions(m, k, min_area)
         drawn.append((what, m))
-        panels.append(_header(_nearest(blend(image, m, colors, alpha), f), what, size))
+        panels.append(_header(nearest_upscale(blend(image, m, colors, alpha), f), what, size))
     entries = [(colors[c], text) for c, text in legend_entries(drawn, class_names, unseen)]
     height = panels[0].shape[0]
     panels.append(_header(legend_panel(entries, height - size - 6, size), "classes", size))

@@ -148,7 +148,8 @@ def test_upload_names_and_overlay(page, server, tmp_path):
     assert src, "the overlay image did not appear"
     with urllib.request.urlopen(urllib.parse.urljoin(server, src), timeout=10) as r:
         overlay = Image.open(io.BytesIO(r.read()))
-    assert overlay.size == (90, 60)  # the overlay has the image's size
+    # the overlay is the image enlarged by a whole factor (small images are shown readable)
+    assert overlay.size == (90 * 7, 60 * 7)
     legend = page.locator("#legend").inner_text()
     assert any(n in legend for n in ("cat", "potted plant", "sky"))
 
@@ -194,8 +195,8 @@ def test_handler_refuses_files_outside_the_upload_folder(tmp_path, tiny_checkpoi
     overlay, legend, status = segment_for_web(
         predictor, payload, "cat, dog", allowed_roots=[str(tmp_path)]
     )
-    assert overlay.shape == (8, 8, 3) and "Segmented a 8x8 image" in status
+    assert overlay.shape == (8 * 48, 8 * 48, 3) and "Segmented a 8x8 image" in status
     assert "upload an image first" in segment_for_web(predictor, None, "cat")[2]
     big = np.zeros((40, 300, 3), np.uint8)
     overlay, _, status = segment_for_web(predictor, big, "cat, dog", max_side=150)
-    assert overlay.shape == (20, 150, 3) and "Downscaled to 150x20" in status
+    assert overlay.shape == (20 * 13, 150 * 13, 3) and "Downscaled to 150x20" in status
