@@ -26,6 +26,7 @@ from detectron2.utils.logger import setup_logger
 
 from clipdistill.benchmark import format_table, run_benchmark, vocabulary_sweep
 from clipdistill.config import get_clipdistill_cfg
+from clipdistill.modeling.postprocess import LABEL_CANDIDATES
 from clipdistill.utils.cli import config_argument_parser, parse_config_args, run_tool
 from clipdistill.utils.cli import positive_int, positive_int_list
 from clipdistill.utils.io import atomic_save_json, ensure_writable_dir
@@ -72,7 +73,16 @@ def parse_args(argv=None):
         type=positive_int_list,
         metavar="K1,K2,...",
         help="instead: latency of the segmenter of --config-file (and of each "
-        "--segmenter-config) against vocabulary size (e.g. 5,20,59,150) at each --sweep-sizes",
+        "--segmenter-config) against vocabulary size (e.g. 5,20,150,847,1000: ADE20K-150's "
+        "names, then generated ones) at each --sweep-sizes, for the full logits (detectron2's "
+        "sem_seg) and for the label map only (the predictor's path)",
+    )
+    p.add_argument(
+        "--label-candidates",
+        type=positive_int,
+        default=LABEL_CANDIDATES,
+        help="--vocabulary-sweep's labels path: top-k classes of each low-resolution cell that "
+        "make a pixel's candidates",
     )
     p.add_argument(
         "--sweep-sizes",
@@ -145,6 +155,7 @@ def _sweep(cfg, args) -> list:
         vocabulary_sizes=args.vocabulary_sweep,
         iters=args.iters,
         warmup=args.warmup,
+        label_candidates=args.label_candidates,
     )
     print(tabulate(rows, headers="keys", floatfmt=".1f"))
     if args.output:
