@@ -26,7 +26,8 @@ from detectron2.utils.logger import setup_logger
 
 from clipdistill.config import get_clipdistill_cfg
 from clipdistill.modeling.postprocess import LABEL_CANDIDATES
-from clipdistill.utils.cli import config_argument_parser, parse_config_args, report_error, run_tool
+from clipdistill.utils.cli import config_argument_parser, parse_config_args, positive_int
+from clipdistill.utils.cli import report_error, run_tool
 from clipdistill.utils.io import atomic_save_json, ensure_writable_dir
 
 PROG = "export_model.py"
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--label-candidates",
-        type=int,
+        type=positive_int,
         default=LABEL_CANDIDATES,
         help="with --output-kind labels: the top-k classes of each low-resolution cell that "
         "make a pixel's candidates",

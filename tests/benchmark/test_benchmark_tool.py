@@ -132,3 +132,19 @@ def test_autocast_option_measures_under_mixed_precision(tmp_path):
     res = json.loads(out.read_text())
     assert res["meta"]["autocast"] == "bfloat16"
     assert res["inference"] and all(_number(r["latency_ms"]) for r in res["inference"])
+
+
+def test_vocabulary_sweep_goes_beyond_150_names_on_both_paths():
+    from clipdistill.benchmark.run import sweep_names, vocabulary_sweep
+    from common import tiny_cfg
+
+    names = sweep_names(1000)
+    assert len(set(names)) == 1000 and names[0] == "wall" and names[-1] == "thing 1000"
+    rows = vocabulary_sweep([tiny_cfg()], sizes=[32], vocabulary_sizes=[3, 160], iters=1, warmup=0)
+    assert [(r["vocabulary"], r["path"]) for r in rows] == [
+        (3, "logits"),
+        (3, "labels"),
+        (160, "logits"),
+        (160, "labels"),
+    ]
+    assert all(_number(r["latency_ms"]) and r["size"] == 32 for r in rows)
