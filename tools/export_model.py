@@ -142,7 +142,10 @@ def _run(args, argv) -> int:
     predictor = SegPredictor(cfg, class_names=args.class_names)
     model = predictor.model
     module = E.ExportableSegmenter(
-        model, predictor.class_names, output=args.output_kind, label_candidates=args.label_candidates
+        model,
+        predictor.class_names,
+        output=args.output_kind,
+        label_candidates=args.label_candidates,
     )
     ensure_writable_dir(args.output, "--output folder")
     side = cfg.INPUT.MIN_SIZE_TEST

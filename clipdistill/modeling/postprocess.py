@@ -278,7 +278,9 @@ def resample_labels(
     qy, qx = _quad_cells(h, sy_n, dev), _quad_cells(w, sx_n, dev)
     # candidates of each quad: the top-k of every cell its pixels read, sorted by class index
     # (argmax then takes the first class on ties, like argmax over all K; duplicates are equal)
-    quad = torch.cat([cand[:, :, qy[sy]][:, :, :, qx[sx]] for sy in range(sy_n) for sx in range(sx_n)], 1)
+    quad = torch.cat(
+        [cand[:, :, qy[sy]][:, :, :, qx[sx]] for sy in range(sy_n) for sx in range(sx_n)], 1
+    )
     quad = quad.sort(dim=1).values  # [B, M, h, w]
     m = quad.shape[1]
     hw = h * w

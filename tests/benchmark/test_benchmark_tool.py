@@ -148,3 +148,24 @@ def test_vocabulary_sweep_goes_beyond_150_names_on_both_paths():
         (160, "labels"),
     ]
     assert all(_number(r["latency_ms"]) and r["size"] == 32 for r in rows)
+
+
+def test_label_agreement_tool_counts_identical_pixels(tmp_path):
+    """--label-agreement: per vocabulary and candidate count, identical pixels out of all (the
+    figures themselves are documented, not asserted: a random tiny student)."""
+    from common import load_tool, make_tiny_toy, tiny_train_opts
+
+    _, train, val = make_tiny_toy(tmp_path / "data", "agree", num_val=2, size=40)
+    out = tmp_path / "agree.json"
+    rc = load_tool("benchmark").main(
+        ["--config-file", VOC20_TOY_CONFIG, "--label-agreement", val]
+        + ["--agreement-candidates", "1,4", "--agreement-vocabularies", "30"]
+        + ["--output", str(out)]
+        + tiny_train_opts(train, val, str(tmp_path / "o"))
+    )
+    assert rc == 0
+    rows = json.load(open(out))["label_agreement"]
+    assert [(r["candidates"], r["images"]) for r in rows] == [(1, 2), (4, 2)] * 2
+    assert rows[-1]["vocabulary"] == 30 and rows[0]["vocabulary"] < 30
+    for r in rows:
+        assert 0 < r["identical"] <= r["pixels"] and r["fraction"] == r["identical"] / r["pixels"]
