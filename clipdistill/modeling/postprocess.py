@@ -214,10 +214,10 @@ def resample(logits: torch.Tensor, rows: AxisResample, cols: AxisResample) -> to
     ix = _cells(cols, w)
     out = None
     for sy in range(len(iy)):
-        r = x[:, :, iy[sy]]
+        r = x.index_select(2, iy[sy])
         a = None
         for sx in range(len(ix)):
-            term = r[:, :, :, ix[sx]] * cols.weights[:, sx]
+            term = r.index_select(3, ix[sx]) * cols.weights[:, sx]
             a = term if a is None else a + term
         term = a * rows.weights[:, sy, None]
         out = term if out is None else out + term
@@ -227,6 +227,11 @@ def resample(logits: torch.Tensor, rows: AxisResample, cols: AxisResample) -> to
 def _cells(axis: AxisResample, n_in) -> List[torch.Tensor]:
     """Per offset ``s``, the input cell of every output: ``min(base + s, n_in - 1)``."""
     return [(axis.base + s).clamp(max=n_in - 1) for s in range(axis.weights.shape[1])]
+
+
+def _shift(t: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``t[:, :, rows][:, :, :, cols]``."""
+    return t.index_select(2, rows).index_select(3, cols)
 
 
 def _quad_cells(n_in, width: int, device) -> List[torch.Tensor]:
@@ -279,7 +284,7 @@ def resample_labels(
     # candidates of each quad: the top-k of every cell its pixels read, sorted by class index
     # (argmax then takes the first class on ties, like argmax over all K; duplicates are equal)
     quad = torch.cat(
-        [cand[:, :, qy[sy]][:, :, :, qx[sx]] for sy in range(sy_n) for sx in range(sx_n)], 1
+        [_shift(cand, qy[sy], qx[sx]) for sy in range(sy_n) for sx in range(sx_n)], 1
     )
     quad = quad.sort(dim=1).values  # [B, M, h, w]
     m = quad.shape[1]
@@ -292,7 +297,7 @@ def resample_labels(
         for sx in range(sx_n):
             pos = (qy[sy][:, None] * w + qx[sx][None, :])[None, None]  # [1, 1, h, w]
             v = torch.gather(flat, 1, (quad * hw + pos).reshape(B, m * hw)).reshape(B, m, h, w)
-            b = bound[:, :, qy[sy]][:, :, :, qx[sx]]
+            b = _shift(bound, qy[sy], qx[sx])
             row.append(torch.cat([v, b], 1))
         corners.append(row)
     H, W = rows.base.shape[0], cols.base.shape[0]
@@ -310,9 +315,10 @@ def resample_labels(
         for sy in range(sy_n):
             a = None
             for sx in range(sx_n):
-                term = corners[sy][sx][:, :, q0:q1][:, :, :, cols.base] * cols.weights[:, sx]
+                part = corners[sy][sx][:, :, q0:q1].index_select(3, cols.base)
+                term = part * cols.weights[:, sx]
                 a = term if a is None else a + term
-            term = a[:, :, ry.base - q0] * ry.weights[:, sy, None]
+            term = a.index_select(2, ry.base - q0) * ry.weights[:, sy, None]
             out = term if out is None else out + term
         best, pick = out[:, :m].max(dim=1)  # [B, rows, W]
         cls = torch.gather(
