@@ -40,7 +40,7 @@ __all__ = [
 CHUNK_ELEMENTS = 1 << 22
 
 #: candidate classes per low-resolution cell of ``resample_labels`` (its top-k)
-LABEL_CANDIDATES = 3
+LABEL_CANDIDATES = 4
 
 #: a class score no real logit reaches (padding classes of ``resample_labels`` when K <= k)
 _NO_CLASS = -1e30
