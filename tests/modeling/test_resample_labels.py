@@ -89,6 +89,9 @@ def test_exact_mode_equals_the_full_argmax_on_random_logits(K):
     assert torch.equal(resample_labels(x, *axes, 2, budget=1, exact=True), ref)
 
 
+KS = (1, 2, 3, 4)
+
+
 def test_agreement_with_the_full_argmax_on_random_logits():
     """Without exact: the fraction of identical pixels (documented in docs/BENCHMARKS.md).
     Spatially smooth logits (a network's): >= 99 % at 3 candidates, 847 classes; iid noise
@@ -98,11 +101,13 @@ def test_agreement_with_the_full_argmax_on_random_logits():
     axes = _axes(16, 16, 128, 128)
     smooth = _smooth(torch.randn(1, 847, 16, 16) * 3)
     ref = resample(smooth, *axes).argmax(1)
-    agree = {k: (resample_labels(smooth, *axes, k) == ref).float().mean().item() for k in (1, 3)}
-    assert agree[3] >= 0.99 and agree[3] > agree[1]
+    agree = {k: (resample_labels(smooth, *axes, k) == ref).float().mean().item() for k in KS}
+    print("smooth logits, 847 classes: identical pixels per candidates", agree)
+    assert agree[3] >= 0.99 and agree[4] >= agree[3] > agree[1]
     noise = torch.randn(1, 150, 16, 16) * 3
     ref = resample(noise, *axes).argmax(1)
-    agree = {k: (resample_labels(noise, *axes, k) == ref).float().mean().item() for k in (1, 4)}
+    agree = {k: (resample_labels(noise, *axes, k) == ref).float().mean().item() for k in KS}
+    print("iid noise logits, 150 classes: identical pixels per candidates", agree)
     assert 0.3 < agree[1] < agree[4] < 1.0
     # every miss is a pixel whose winner is in none of its cells' top-k: exact mode fixes it
     assert torch.equal(resample_labels(noise, *axes, 4, exact=True), ref)
