@@ -205,6 +205,9 @@ class SegPredictor:
     #: of the low-resolution cells it reads (``modeling.postprocess.resample_labels``; a
     #: segmenter whose ``coarse_sem_seg`` has no resampling tables, or 0: every class)
     label_candidates: int = LABEL_CANDIDATES
+    #: recompute with every class the pixels whose best candidate is not certified to win
+    #: (``resample_labels(exact=True)``): labels always those of the full computation
+    exact_labels: bool = False
 
     def __init__(self, cfg, class_names: Optional[Sequence[str]] = None, require_weights=False):
         if class_names is not None:  # a bad vocabulary fails before the model is built
@@ -289,7 +292,9 @@ class SegPredictor:
             return []
         results = []
         for coarse in self.model.coarse_sem_seg([self._to_input(im) for im in images]):
-            label = label_map(coarse, self.chunk_elements, self.label_candidates)
+            label = label_map(
+                coarse, self.chunk_elements, self.label_candidates, self.exact_labels
+            )
             label = label.to(torch.int32).cpu().numpy()
             probs = ScoreMaps(coarse, self.chunk_elements) if scores else None
             results.append(SegResult(label, probs, list(self.class_names)))

@@ -91,17 +91,20 @@ def class_chunk(output_size: Tuple[int, int], budget: int = CHUNK_ELEMENTS) -> i
 
 
 def label_map(
-    coarse: CoarseSemSeg, budget: int = CHUNK_ELEMENTS, candidates: int = LABEL_CANDIDATES
+    coarse: CoarseSemSeg,
+    budget: int = CHUNK_ELEMENTS,
+    candidates: int = LABEL_CANDIDATES,
+    exact: bool = False,
 ) -> torch.Tensor:
     """``[H, W]`` int64 index of the highest score per pixel (the first one on ties).
 
     With ``coarse.axes`` and ``candidates`` > 0: ``resample_labels`` (only each pixel's
     candidate classes are resampled; the winner is missed only when no cell the pixel reads has
-    it in its top ``candidates``). Otherwise every class is brought to the image size, in class
-    chunks."""
+    it in its top ``candidates``; ``exact``: never, see ``resample_labels``). Otherwise every
+    class is brought to the image size, in class chunks."""
     if coarse.axes is not None and candidates > 0:
         rows, cols = coarse.axes
-        return resample_labels(coarse.scores[None], rows, cols, candidates, budget)[0]
+        return resample_labels(coarse.scores[None], rows, cols, candidates, budget, exact)[0]
     step = class_chunk(coarse.output_size, budget)
     best_val: Optional[torch.Tensor] = None
     best_idx: Optional[torch.Tensor] = None
