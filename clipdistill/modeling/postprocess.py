@@ -6,8 +6,10 @@ softmax/argmax on it as much again. ``OpenVocabSegmenter.coarse_sem_seg`` return
 scores at the model's own resolution and how to bring any slice of classes to the image size
 (:class:`CoarseSemSeg`); the functions here then work through the classes in chunks:
 
-* :func:`label_map`: running max/argmax over class chunks (ties go to the first class, like
-  ``argmax``);
+* :func:`label_map`: from each pixel's candidate classes when the upsampling is known as
+  separable bilinear tables (``CoarseSemSeg.axes``, :func:`resample_labels`: time and memory
+  grow with K at the model's resolution only), else a running max/argmax over class chunks
+  (ties go to the first class, like ``argmax``);
 * :func:`iter_probs`: softmax probabilities chunk by chunk, after a first pass computing the
   per-pixel log-sum-exp over all classes.
 
@@ -258,12 +260,14 @@ def resample_labels(
 
     Each output pixel reads a few low-resolution cells (2x2 for one bilinear upsampling, 3x3 for
     two chained ones). Its candidates are the union of the top-``candidates`` classes of those
-    cells; only their logits are resampled, and the best candidate wins. The result is exact:
-    a class outside the candidates is below the ``candidates + 1``-th largest logit of every cell
-    it reads, so its resampled logit is at most the resampling of that map (floating-point
-    rounding is monotone, and both are computed the same way); pixels whose best candidate does
-    not beat that bound strictly are recomputed with every class. ``candidates`` trades the
-    candidate work (``~4 * candidates`` classes per pixel) against those recomputed pixels.
+    cells; only their logits are resampled, and the best candidate wins. That is the full
+    argmax whenever the pixel's winner is among its candidates (measured agreement:
+    docs/BENCHMARKS.md). ``exact=True`` (eager only) makes it the full argmax always: a class
+    outside the candidates is at most the ``candidates + 1``-th largest logit of every cell it
+    reads, so its resampled logit is at most the resampling of that map (floating-point rounding
+    is monotone, and both are computed the same way); pixels whose best candidate does not beat
+    that bound strictly are recomputed with every class (few on a network's smooth logits; most
+    on noise logits).
 
     Cost: ``O(K h w)`` at low resolution plus ``O(candidates H W)``, instead of the
     ``O(K H W)`` of resampling every class. Works traced (the open-vocabulary ONNX export: K,
@@ -276,6 +280,8 @@ def resample_labels(
     x = logits.float()
     B, K, h, w = x.shape
     tracing = is_tracing()
+    if exact and tracing:
+        raise ValueError("resample_labels(exact=True) is eager only (not in an exported graph)")
     if tracing or K <= k:  # so that top-(k + 1) exists whatever K (dynamic in a traced graph)
         x = F.pad(x, (0, 0, 0, 0, 0, k + 1), value=_NO_CLASS)
     kp = x.shape[1]
@@ -286,9 +292,7 @@ def resample_labels(
     qy, qx = _quad_cells(h, sy_n, dev), _quad_cells(w, sx_n, dev)
     # candidates of each quad: the top-k of every cell its pixels read, sorted by class index
     # (argmax then takes the first class on ties, like argmax over all K; duplicates are equal)
-    quad = torch.cat(
-        [_shift(cand, qy[sy], qx[sx]) for sy in range(sy_n) for sx in range(sx_n)], 1
-    )
+    quad = torch.cat([_shift(cand, qy[sy], qx[sx]) for sy in range(sy_n) for sx in range(sx_n)], 1)
     quad = quad.sort(dim=1).values  # [B, M, h, w]
     m = quad.shape[1]
     hw = h * w
