@@ -272,7 +272,7 @@ def resample_labels(
     Cost: ``O(K h w)`` at low resolution plus ``O(candidates H W)``, instead of the
     ``O(K H W)`` of resampling every class. Works traced (the open-vocabulary ONNX export: K,
     H and W dynamic). ``budget``: elements of the per-row-chunk buffers (eager only).
-    ``stats``: a dict that receives ``pixels`` and ``recomputed`` (eager only).
+    ``stats``: a dict that receives ``pixels`` and ``recomputed`` (with ``exact``).
     """
     k = int(candidates)
     if k < 1:
@@ -297,21 +297,21 @@ def resample_labels(
     m = quad.shape[1]
     hw = h * w
     flat = x.reshape(B, kp * hw)
-    # corner values of each quad's candidates, and of the bound: [B, M + 1, h, w] per (sy, sx)
+    # corner values of each quad's candidates (and of the bound, for exact): [B, M (+ 1), h, w]
+    # per (sy, sx)
     corners = []
     for sy in range(sy_n):
         row = []
         for sx in range(sx_n):
             pos = (qy[sy][:, None] * w + qx[sx][None, :])[None, None]  # [1, 1, h, w]
             v = torch.gather(flat, 1, (quad * hw + pos).reshape(B, m * hw)).reshape(B, m, h, w)
-            b = _shift(bound, qy[sy], qx[sx])
-            row.append(torch.cat([v, b], 1))
+            row.append(torch.cat([v, _shift(bound, qy[sy], qx[sx])], 1) if exact else v)
         corners.append(row)
     H, W = rows.base.shape[0], cols.base.shape[0]
     if tracing:
         step = H
     else:
-        step = max(1, int(budget) // max(1, (m + 1) * max(sy_n, 2) * W * B))
+        step = max(1, int(budget) // max(1, (m + 1) * sy_n * W * B))
     labels, worst = [], []
     for y0 in range(0, H, step) if not tracing else [0]:
         y1 = H if tracing else min(H, y0 + step)
@@ -334,19 +334,17 @@ def resample_labels(
             (pick * hw + (ry.base[:, None] * w + cols.base[None, :])[None]).reshape(B, -1),
         ).reshape(pick.shape)
         labels.append(cls)
-        worst.append(best <= out[:, m])  # not certified: recomputed with every class
+        if exact:
+            worst.append(best <= out[:, m])  # not certified: recomputed with every class
     labels = labels[0] if len(labels) == 1 else torch.cat(labels, 1)
-    worst = worst[0] if len(worst) == 1 else torch.cat(worst, 1)
     if not exact:
         return labels
-    if not tracing:
-        n = int(worst.sum())
-        if stats is not None:
-            stats["pixels"] = stats.get("pixels", 0) + worst.numel()
-            stats["recomputed"] = stats.get("recomputed", 0) + n
-        if n == 0:
-            return labels
-    return _recompute(x, labels, worst, rows, cols)
+    worst = worst[0] if len(worst) == 1 else torch.cat(worst, 1)
+    n = int(worst.sum())
+    if stats is not None:
+        stats["pixels"] = stats.get("pixels", 0) + worst.numel()
+        stats["recomputed"] = stats.get("recomputed", 0) + n
+    return labels if n == 0 else _recompute(x, labels, worst, rows, cols)
 
 
 def _recompute(x, labels, mask, rows: AxisResample, cols: AxisResample) -> torch.Tensor:
