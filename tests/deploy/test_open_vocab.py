@@ -117,6 +117,27 @@ def test_labels_export_batch_and_parity_check(exported_labels):
     assert set(worst) == {"text", "labels"} and worst["labels"] <= 1e-3
 
 
+def test_labels_export_quantises_to_int8(exported_labels, tmp_path):
+    """--int8-images on a labels export: the labels computation (downstream of ``text``) stays
+    float, the graph runs and gives valid labels (agreement with fp32: see the logits test)."""
+    import shutil
+
+    import onnx
+
+    from clipdistill.deploy.quantize import INT8_STUDENT, quantize_student
+
+    folder = str(tmp_path / "copy")
+    shutil.copytree(exported_labels[1], folder)
+    rng = np.random.default_rng(0)
+    quantize_student(folder, [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)])
+    graph = onnx.load(os.path.join(folder, INT8_STUDENT)).graph
+    assert {"QuantizeLinear", "DequantizeLinear", "TopK"} <= {n.op_type for n in graph.node}
+    seg = Segmenter(folder, student=INT8_STUDENT, resize=False)
+    got = seg.labels(rng.integers(0, 256, (3, 48, 40)).astype(np.float32), VOCABS[1])
+    assert got.shape == (48, 40) and got.dtype == np.int64
+    assert got.min() >= 0 and got.max() < len(VOCABS[1])
+
+
 TRICKY = [
     "cat",
     "Potted Plant",
