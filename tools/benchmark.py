@@ -26,6 +26,7 @@ from detectron2.utils.logger import setup_logger
 
 from clipdistill.benchmark import format_table, run_benchmark, vocabulary_sweep
 from clipdistill.config import get_clipdistill_cfg
+from clipdistill.modeling.postprocess import LABEL_CANDIDATES
 from clipdistill.utils.cli import config_argument_parser, parse_config_args, run_tool
 from clipdistill.utils.cli import positive_int, positive_int_list
 from clipdistill.utils.io import atomic_save_json, ensure_writable_dir
@@ -72,7 +73,16 @@ def parse_args(argv=None):
         type=positive_int_list,
         metavar="K1,K2,...",
         help="instead: latency of the segmenter of --config-file (and of each "
-        "--segmenter-config) against vocabulary size (e.g. 5,20,59,150) at each --sweep-sizes",
+        "--segmenter-config) against vocabulary size (e.g. 5,20,150,847,1000: ADE20K-150's "
+        "names, then generated ones) at each --sweep-sizes, for the full logits (detectron2's "
+        "sem_seg) and for the label map only (the predictor's path)",
+    )
+    p.add_argument(
+        "--label-candidates",
+        type=positive_int,
+        default=LABEL_CANDIDATES,
+        help="--vocabulary-sweep's labels path: top-k classes of each low-resolution cell that "
+        "make a pixel's candidates",
     )
     p.add_argument(
         "--sweep-sizes",
@@ -80,6 +90,24 @@ def parse_args(argv=None):
         type=positive_int_list,
         help="image sides of --vocabulary-sweep",
     )
+    p.add_argument(
+        "--label-agreement",
+        default="",
+        metavar="DATASET",
+        help="instead: on this registered dataset, the fraction of pixels whose label from "
+        "each pixel's candidate classes equals the full computation's, for each "
+        "--agreement-candidates, with the dataset's vocabulary and padded to each "
+        "--agreement-vocabularies size",
+    )
+    p.add_argument("--agreement-candidates", default=[1, 2, 3, 4], type=positive_int_list)
+    p.add_argument(
+        "--agreement-vocabularies",
+        default=[],
+        type=positive_int_list,
+        metavar="K1,K2,...",
+        help="--label-agreement: also the dataset's names padded with generated ones to K",
+    )
+    p.add_argument("--limit", type=int, default=0, help="--label-agreement: first N images")
     return parse_config_args(p, argv, require_config=False)
 
 
@@ -97,6 +125,9 @@ def _run(args) -> int:
     cfg.freeze()
     if args.vocabulary_sweep:
         _sweep(cfg, args)
+        return 0
+    if args.label_agreement:
+        _agreement(cfg, args)
         return 0
     device = args.device or cfg.MODEL.DEVICE
     amp = (
@@ -145,12 +176,35 @@ def _sweep(cfg, args) -> list:
         vocabulary_sizes=args.vocabulary_sweep,
         iters=args.iters,
         warmup=args.warmup,
+        label_candidates=args.label_candidates,
     )
     print(tabulate(rows, headers="keys", floatfmt=".1f"))
     if args.output:
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output folder")
         command = " ".join(["python", "tools/benchmark.py"] + sys.argv[1:])
         atomic_save_json(args.output, {"command": command, "vocabulary_sweep": rows})
+        print(f"results written to {args.output}")
+    return rows
+
+
+def _agreement(cfg, args) -> list:
+    from tabulate import tabulate
+
+    from clipdistill.benchmark.agreement import label_agreement
+
+    rows = label_agreement(
+        cfg,
+        args.label_agreement,
+        vocabulary_sizes=args.agreement_vocabularies,
+        candidates=args.agreement_candidates,
+        limit=args.limit,
+        device=args.device,
+    )
+    print(tabulate(rows, headers="keys", floatfmt=".7f"))
+    if args.output:
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output folder")
+        command = " ".join(["python", "tools/benchmark.py"] + sys.argv[1:])
+        atomic_save_json(args.output, {"command": command, "label_agreement": rows})
         print(f"results written to {args.output}")
     return rows
 

@@ -25,7 +25,9 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 from clipdistill.config import get_clipdistill_cfg
-from clipdistill.utils.cli import config_argument_parser, parse_config_args, report_error, run_tool
+from clipdistill.modeling.postprocess import LABEL_CANDIDATES
+from clipdistill.utils.cli import config_argument_parser, parse_config_args, positive_int
+from clipdistill.utils.cli import report_error, run_tool
 from clipdistill.utils.io import atomic_save_json, ensure_writable_dir
 
 PROG = "export_model.py"
@@ -69,7 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-kind",
         choices=["logits", "labels"],
         default="logits",
-        help="graph output: per-class logits or the argmax label map",
+        help="graph output: per-class logits or the argmax label map (computed from each "
+        "pixel's candidate classes, without upsampling every class)",
+    )
+    parser.add_argument(
+        "--label-candidates",
+        type=positive_int,
+        default=LABEL_CANDIDATES,
+        help="with --output-kind labels: the top-k classes of each low-resolution cell that "
+        "make a pixel's candidates",
     )
     parser.add_argument(
         "--example-size",
@@ -131,7 +141,12 @@ def _run(args, argv) -> int:
     cfg = get_clipdistill_cfg(args.config_file, args.opts)
     predictor = SegPredictor(cfg, class_names=args.class_names)
     model = predictor.model
-    module = E.ExportableSegmenter(model, predictor.class_names, output=args.output_kind)
+    module = E.ExportableSegmenter(
+        model,
+        predictor.class_names,
+        output=args.output_kind,
+        label_candidates=args.label_candidates,
+    )
     ensure_writable_dir(args.output, "--output folder")
     side = cfg.INPUT.MIN_SIZE_TEST
     example_hw = args.example_size or (side, side)

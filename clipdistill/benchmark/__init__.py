@@ -3,7 +3,8 @@
 segmenters (``tools/compare.py``, ``docs/COMPARISON.md``).
 
 One module per concern: ``targets`` (what is timed), ``flops``, ``memory``, ``training``
-(seconds per training step), ``run`` (the driver and the vocabulary sweep), ``report`` (ratios,
+(seconds per training step), ``run`` (the driver and the vocabulary sweep), ``agreement`` (label
+maps from candidate classes against the full computation), ``report`` (ratios,
 table), ``compare``; the timing harness itself is ``clipdistill.utils.timing``.
 """
 

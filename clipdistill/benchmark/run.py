@@ -6,7 +6,7 @@ process and one run (so that ratios compare like with like; ``tools/benchmark.py
   images/s at ``size x size`` and ``batch_size`` (``clipdistill.utils.timing``), peak memory
   (``memory``);
 * training seconds per iteration (``training``);
-* ``vocabulary_sweep``: latency against vocabulary size.
+* ``vocabulary_sweep``: latency against vocabulary size, full logits and labels only.
 
 The report (table, ratios) is ``report``; goals are the docs' business, not the benchmark's.
 """
@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from ..modeling.postprocess import LABEL_CANDIDATES, label_map
 from ..utils.timing import time_calls
 from .flops import FLOP_CONVENTION, count_flops
 from .memory import PeakMemory, trim_cpu_memory
@@ -37,6 +38,7 @@ __all__ = [
     "TRAINING_FIELDS",
     "bench_inference",
     "run_benchmark",
+    "sweep_names",
     "vocabulary_sweep",
 ]
 
@@ -182,6 +184,15 @@ def run_benchmark(
     return result
 
 
+def sweep_names(k: int) -> List[str]:
+    """``k`` class names: ADE20K-150's (real names, so that text lengths are realistic), then
+    generated ones ("thing 151", ...) beyond 150 (ADE-847 and larger vocabularies)."""
+    from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
+
+    names = list(ADE20K_SEM_SEG_CATEGORIES)[:k]
+    return names + [f"thing {i + 1}" for i in range(len(names), k)]
+
+
 def vocabulary_sweep(
     cfgs: Sequence,
     *,
@@ -190,22 +201,24 @@ def vocabulary_sweep(
     vocabulary_sizes: Sequence[int] = (5, 20, 59, 150),
     iters: int = 3,
     warmup: int = 1,
+    label_candidates: int = LABEL_CANDIDATES,
 ) -> List[dict]:
-    """Latency of segmenters against vocabulary size and image size (batch 1).
+    """Latency of segmenters against vocabulary size and image size (batch 1), on two paths:
+
+    * ``logits``: ``forward``, detectron2's ``[{"sem_seg": [K, H, W]}]`` (what the evaluator
+      takes): every class's logits at the image size;
+    * ``labels``: the label map only, as ``SegPredictor`` computes it (``coarse_sem_seg`` then
+      ``label_map``: each pixel's candidate classes, ``label_candidates`` per low-resolution
+      cell, for a segmenter whose coarse scores carry their resampling; else class chunks).
 
     Each segmenter is built from its own config (``cfgs``; only ``MODEL.DEVICE`` is set).
-    Vocabularies are the first K ADE20K-150 class names (real names, so that text lengths are
-    realistic); images are random. A segmenter whose cost depends on its weights (CaR's
-    recurrence stops earlier with a random CLIP) should be timed with its real weights.
+    Vocabularies: ``sweep_names``; images are random. A segmenter whose cost depends on its
+    weights (CaR's recurrence stops earlier with a random CLIP) should be timed with its real
+    weights.
 
     Returns:
-        rows ``{"name", "size", "vocabulary", "latency_ms", "latency_ms_min"}``.
+        rows ``{"name", "size", "vocabulary", "path", "latency_ms", "latency_ms_min"}``.
     """
-    from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
-
-    names = list(ADE20K_SEM_SEG_CATEGORIES)
-    if max(vocabulary_sizes) > len(names):
-        raise ValueError(f"vocabulary sizes up to {len(names)} (ADE20K-150 names)")
     rows = []
     for cfg in cfgs:
         dev = torch.device(device or cfg.MODEL.DEVICE)
@@ -215,21 +228,28 @@ def vocabulary_sweep(
             image = random_images(1, size, dev)[0]
             inputs = [{"image": image, "height": size, "width": size}]
             for k in vocabulary_sizes:
-                model.set_vocabulary(names[:k])
+                model.set_vocabulary(sweep_names(k))
 
-                def run():
+                def logits():
                     with torch.inference_mode():
                         return model(inputs)
 
-                logger.info(f"vocabulary sweep: {meta_arch} {size}x{size}, {k} names ...")
-                times = time_calls(run, iters, warmup, dev)
-                rows.append(
-                    {
-                        "name": meta_arch,
-                        "size": size,
-                        "vocabulary": k,
-                        "latency_ms": 1000 * statistics.median(times),
-                        "latency_ms_min": 1000 * min(times),
-                    }
-                )
+                def labels():
+                    with torch.inference_mode():
+                        coarse = model.coarse_sem_seg(inputs)
+                        return [label_map(c, candidates=label_candidates) for c in coarse]
+
+                for path, run in (("logits", logits), ("labels", labels)):
+                    logger.info(f"vocabulary sweep: {meta_arch} {size}x{size}, {k} names, {path}")
+                    times = time_calls(run, iters, warmup, dev)
+                    rows.append(
+                        {
+                            "name": meta_arch,
+                            "size": size,
+                            "vocabulary": k,
+                            "path": path,
+                            "latency_ms": 1000 * statistics.median(times),
+                            "latency_ms_min": 1000 * min(times),
+                        }
+                    )
     return rows

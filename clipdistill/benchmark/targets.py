@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..data.dataset_mappers import build_sem_seg_augmentation
-from ..engine import build_model
+from ..engine import SegmenterCheckpointer, build_model
 from ..modeling.batch_norm import fold_for_inference
 from ..modeling.segmenter import dataset_vocabulary
 from ..modeling.teacher import CLIPTeacher
@@ -88,13 +88,16 @@ def inference_params(model: nn.Module) -> Dict[str, int]:
     return {"total": total, "per_image": per_image}
 
 
-def deployed_model(cfg, device) -> nn.Module:
+def deployed_model(cfg, device, load_weights: bool = False) -> nn.Module:
     """The segmenter of ``cfg`` on ``device``, in eval mode, as the predictor deploys it
-    (BatchNorms folded when ``MODEL.CLIPDISTILL.FOLD_BN``)."""
+    (BatchNorms folded when ``MODEL.CLIPDISTILL.FOLD_BN``). ``load_weights``: load
+    ``MODEL.WEIGHTS`` strictly first (timing does not need them: random weights cost the same)."""
     c = cfg.clone()
     c.defrost()
     c.MODEL.DEVICE = str(device)
     model = build_model(c).eval()
+    if load_weights and c.MODEL.WEIGHTS:
+        SegmenterCheckpointer(model).load(c.MODEL.WEIGHTS)
     if c.MODEL.CLIPDISTILL.FOLD_BN:
         fold_for_inference(model)
     return model

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..modeling.clip.text import check_class_names
+from ..modeling.postprocess import LABEL_CANDIDATES, bilinear_axis, resample_labels
 from ..utils.errors import ConfigError
 from ..utils.io import atomic_path, atomic_save_json
 from ..utils.timing import summarize, time_interleaved
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: what an exported graph outputs (``ExportableSegmenter``'s ``output``)
+OUTPUTS = ("logits", "labels")
 
 
 def _without_excluded_modules(model: nn.Module) -> nn.Module:
@@ -64,15 +68,24 @@ class ExportableSegmenter(nn.Module):
         model: a segmenter with the tensor-level ``logits`` (``SegStudent``; eval mode is set on
             the wrapper).
         class_names: the vocabulary; None: the model's training vocabulary.
-        output: ``"logits"`` (float32 ``[B, K, H, W]``) or ``"labels"`` (int64 ``[B, H, W]``).
+        output: ``"logits"`` (float32 ``[B, K, H, W]``), ``"labels"`` (int64 ``[B, H, W]``,
+            the argmax over each pixel's candidate classes: ``resample_labels``).
+        label_candidates: the top-k of each low-resolution cell that makes the candidates.
     """
 
     def __init__(
-        self, model: nn.Module, class_names: Optional[Sequence[str]] = None, output: str = "logits"
+        self,
+        model: nn.Module,
+        class_names: Optional[Sequence[str]] = None,
+        output: str = "logits",
+        label_candidates: int = LABEL_CANDIDATES,
     ):
         super().__init__()
-        if output not in ("logits", "labels"):
-            raise ValueError(f"output must be 'logits' or 'labels', got {output!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if int(label_candidates) < 1:
+            raise ValueError(f"label candidates must be >= 1, got {label_candidates}")
+        self.label_candidates = int(label_candidates)
         if not model.exportable:
             raise ConfigError(
                 f"{type(model).__name__} cannot be exported: it has no tensor-level "
@@ -102,12 +115,15 @@ class ExportableSegmenter(nn.Module):
         pad_h = (h + d - 1) // d * d - h
         pad_w = (w + d - 1) // d * d - w
         x = F.pad(x, (0, pad_w, 0, pad_h))  # zeros after normalisation, like ImageList
-        logits = self.student.logits(x, self.text_embeddings if self.has_text else None)
-        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        logits = logits[:, :, :h, :w]
+        coarse = self.student.logits(x, self.text_embeddings if self.has_text else None)
         if self.output == "labels":
-            return logits.argmax(dim=1)
-        return logits
+            # the label map without upsampling every class (exact when each pixel's candidates
+            # hold its winner): its cost grows with K at the feature resolution only
+            rows = bilinear_axis(coarse.shape[-2], x.shape[-2], coarse.device).crop(h)
+            cols = bilinear_axis(coarse.shape[-1], x.shape[-1], coarse.device).crop(w)
+            return resample_labels(coarse, rows, cols, self.label_candidates)
+        logits = F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[:, :, :h, :w]
 
 
 def _quiet_export():

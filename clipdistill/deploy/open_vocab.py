@@ -6,7 +6,10 @@ only (no torch):
 
 - ``student.onnx``: ``image`` float32 ``[B, 3, H, W]`` (0..255, ``INPUT.FORMAT`` order, any H, W)
   and ``text`` float32 ``[K, D]`` (K dynamic) -> ``logits`` float32 ``[B, K, H, W]`` (the path of
-  ``ExportableSegmenter``: normalise, pad, ``logits``, upsample, crop);
+  ``ExportableSegmenter``: normalise, pad, ``logits``, upsample, crop); or, exported with
+  ``output="labels"``, -> ``labels`` int64 ``[B, H, W]``: the argmax over each pixel's candidate
+  classes (``clipdistill.modeling.postprocess.resample_labels``), whose cost grows with K at
+  the feature resolution only, not with K x H x W;
 - ``text.onnx``: ``tokens`` int64 ``[N, L]`` -> ``embeddings`` float32 ``[N, D]``, L2-normalised
   (the teacher's CLIP text tower, ``encode_text(tokens, normalize=True)``);
 - ``bpe_simple_vocab_16e6.txt.gz``: open_clip's BPE merges (``clipdistill.deploy.tokenizer``);
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 
 from ..modeling.clip.text import template_strings
+from ..modeling.postprocess import LABEL_CANDIDATES
 from ..utils.errors import ConfigError
 from ..utils.io import atomic_path, atomic_save_json, ensure_writable_dir
 from .export import ExportableSegmenter, _quiet_export
@@ -34,10 +38,13 @@ FORMAT_VERSION = 1
 
 
 class OpenVocabStudent(nn.Module):
-    """``(image, text [K, D]) -> logits [B, K, H, W]``: ``ExportableSegmenter``'s graph with the
-    text embeddings as an input instead of a constant."""
+    """``(image, text [K, D]) -> logits [B, K, H, W]`` (and/or ``labels [B, H, W]``, see
+    ``ExportableSegmenter``'s ``output``): ``ExportableSegmenter``'s graph with the text
+    embeddings as an input instead of a constant."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(
+        self, model: nn.Module, output: str = "logits", label_candidates: int = LABEL_CANDIDATES
+    ):
         super().__init__()
         if not model.exportable or not model.open_vocabulary:
             raise ConfigError(
@@ -45,7 +52,7 @@ class OpenVocabStudent(nn.Module):
                 "the tensor-level logits(images, text_embeddings) and an open-vocabulary head"
             )
         names = list(model.train_vocabulary)[:1]
-        self.inner = ExportableSegmenter(model, names)
+        self.inner = ExportableSegmenter(model, names, output, label_candidates)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         m = self.inner
@@ -80,9 +87,17 @@ def _text_encoder(model: nn.Module):
     return encoder
 
 
-def export_onnx_pair(model: nn.Module, folder: str, example_size=(64, 64), opset: int = 17) -> dict:
-    """Write ``student.onnx`` and ``text.onnx`` into ``folder``; returns their paths."""
-    student = OpenVocabStudent(model).cpu().eval()
+def export_onnx_pair(
+    model: nn.Module,
+    folder: str,
+    example_size=(64, 64),
+    opset: int = 17,
+    output: str = "logits",
+    label_candidates: int = LABEL_CANDIDATES,
+) -> dict:
+    """Write ``student.onnx`` (its output: ``output``, ``"logits"`` or ``"labels"``) and
+    ``text.onnx`` into ``folder``; returns their paths."""
+    student = OpenVocabStudent(model, output, label_candidates).cpu().eval()
     encoder = _text_encoder(model)
     tower = TextTower(encoder._model).cpu().eval()
     ctx_len = int(encoder.tokenizer.context_length)
@@ -104,11 +119,15 @@ def export_onnx_pair(model: nn.Module, folder: str, example_size=(64, 64), opset
                     dynamo=False,
                     opset_version=opset,
                     input_names=["image", "text"],
-                    output_names=["logits"],
+                    output_names=[output],
                     dynamic_axes={
                         "image": {0: "batch", 2: "height", 3: "width"},
                         "text": {0: "classes"},
-                        "logits": {0: "batch", 1: "classes", 2: "height", 3: "width"},
+                        output: (
+                            {0: "batch", 1: "classes", 2: "height", 3: "width"}
+                            if output == "logits"
+                            else {0: "batch", 1: "height", 2: "width"}
+                        ),
                     },
                 )
             with atomic_path(paths["text"]) as tmp:
@@ -165,9 +184,13 @@ def export_open_vocab(
     max_size_test: Optional[int] = None,
     example_size=(64, 64),
     opset: int = 17,
+    output: str = "logits",
+    label_candidates: int = LABEL_CANDIDATES,
 ) -> str:
     """Write the self-contained open-vocabulary folder (see the module docstring); returns the
-    path of its ``deploy.json``."""
+    path of its ``deploy.json``. ``output``: what ``student.onnx`` returns, ``"logits"`` or
+    ``"labels"`` (the runtime's ``segment`` uses it; ``label_candidates``: the top-k per
+    low-resolution cell of ``resample_labels``)."""
     from open_clip.tokenizer import default_bpe
 
     ensure_writable_dir(folder, "export folder")
@@ -178,7 +201,14 @@ def export_open_vocab(
             f"text tokenizer {type(tokenizer).__name__}: only open_clip's SimpleTokenizer "
             "(clean 'lower', no reduction mask) is reproduced without torch"
         )
-    paths = export_onnx_pair(model, folder, example_size=example_size, opset=opset)
+    paths = export_onnx_pair(
+        model,
+        folder,
+        example_size=example_size,
+        opset=opset,
+        output=output,
+        label_candidates=label_candidates,
+    )
     shutil.copyfile(default_bpe(), os.path.join(folder, "bpe_simple_vocab_16e6.txt.gz"))
     meta = {
         "format_version": FORMAT_VERSION,
@@ -194,7 +224,13 @@ def export_open_vocab(
         "train_vocabulary": list(model.train_vocabulary),
         "student_inputs": "image float32 [B, 3, H, W] 0..255 (input_format order); "
         "text float32 [K, D] L2-normalised prompt-ensembled embeddings",
-        "student_output": "logits float32 [B, K, H, W]",
+        "student_output": (
+            "logits float32 [B, K, H, W]"
+            if output == "logits"
+            else "labels int64 [B, H, W] (argmax over each pixel's top-"
+            f"{int(label_candidates)} candidate classes of the low-resolution cells it reads)"
+        ),
+        "label_candidates": int(label_candidates) if output == "labels" else None,
         "text_graph": "tokens int64 [N, context_length] -> embeddings float32 [N, D], normalised",
     }
     path = os.path.join(folder, DEPLOY_JSON)
@@ -211,14 +247,15 @@ def parity_check_folder(
 ) -> Dict[str, float]:
     """Largest relative difference (max |diff| / max |reference|) between the torch-free
     runtime of ``folder`` and PyTorch, for the text embeddings and the logits of each vocabulary
-    at each image size: ``{"text": ..., "logits": ...}``."""
+    at each image size: ``{"text": ..., "logits": ...}``; for a labels export, ``"labels"``:
+    the largest fraction of pixels whose label differs from the argmax of PyTorch's logits."""
     import numpy as np
 
     from .runtime import Segmenter
 
     seg = Segmenter(folder, resize=False)
     g = torch.Generator().manual_seed(seed)
-    worst = {"text": 0.0, "logits": 0.0}
+    worst = {"text": 0.0, "logits" if seg.has_logits else "labels": 0.0}
 
     def rel(a, b):
         return float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-12))
@@ -231,5 +268,9 @@ def parity_check_folder(
             image = torch.randint(0, 256, (3, h, w), generator=g).float()
             with torch.no_grad():
                 ref = baked(image[None])[0].numpy()
-            worst["logits"] = max(worst["logits"], rel(seg.logits(image.numpy(), names), ref))
+            if seg.has_logits:
+                worst["logits"] = max(worst["logits"], rel(seg.logits(image.numpy(), names), ref))
+            else:  # the fraction of pixels whose label differs from the full argmax
+                got = seg.labels(image.numpy(), names)
+                worst["labels"] = max(worst["labels"], float((got != ref.argmax(0)).mean()))
     return worst

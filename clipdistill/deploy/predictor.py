@@ -25,7 +25,13 @@ from ..data.dataset_mappers import build_sem_seg_augmentation
 from ..engine import SegmenterCheckpointer, build_model
 from ..modeling.batch_norm import fold_for_inference
 from ..modeling.clip.text import check_class_names
-from ..modeling.postprocess import CHUNK_ELEMENTS, CoarseSemSeg, iter_probs, label_map
+from ..modeling.postprocess import (
+    CHUNK_ELEMENTS,
+    LABEL_CANDIDATES,
+    CoarseSemSeg,
+    iter_probs,
+    label_map,
+)
 from ..modeling.segmenter import OpenVocabSegmenter
 from ..utils.errors import ConfigError, DataError
 from ..utils.visualize import class_colors, overlay_with_legend
@@ -215,6 +221,13 @@ class SegPredictor:
     #: elements (classes x H x W) of one class chunk of the label and score maps: the memory
     #: bound of the post-processing, whatever the vocabulary (``modeling.postprocess``)
     chunk_elements: int = CHUNK_ELEMENTS
+    #: the label map resamples only each pixel's candidate classes, the top ``label_candidates``
+    #: of the low-resolution cells it reads (``modeling.postprocess.resample_labels``; a
+    #: segmenter whose ``coarse_sem_seg`` has no resampling tables, or 0: every class)
+    label_candidates: int = LABEL_CANDIDATES
+    #: recompute with every class the pixels whose best candidate is not certified to win
+    #: (``resample_labels(exact=True)``): labels always those of the full computation
+    exact_labels: bool = False
 
     def __init__(self, cfg, class_names: Optional[Sequence[str]] = None, require_weights=False):
         if class_names is not None:  # a bad vocabulary fails before the model is built
@@ -311,14 +324,18 @@ class SegPredictor:
     def predict(self, images: Sequence[np.ndarray], scores: bool = False) -> List[SegResult]:
         """Segment a batch of uint8 RGB images (``[H, W, 3]``, any sizes) in one forward pass.
 
-        The label maps are computed in class chunks from the model's coarse scores
-        (``OpenVocabSegmenter.coarse_sem_seg``), so memory does not grow with ``K x H x W``;
-        ``scores`` adds the (lazily computed) probabilities."""
+        The label maps come from the model's coarse scores (``OpenVocabSegmenter.coarse_sem_seg``):
+        from each pixel's candidate classes (``label_candidates``), or in class chunks, so
+        neither memory nor time grows with ``K x H x W``; ``scores`` adds the (lazily computed)
+        probabilities."""
         if not len(images):
             return []
         results = []
         for coarse in self.model.coarse_sem_seg([self._to_input(im) for im in images]):
-            label = label_map(coarse, self.chunk_elements).to(torch.int32).cpu().numpy()
+            label = label_map(
+                coarse, self.chunk_elements, self.label_candidates, self.exact_labels
+            )
+            label = label.to(torch.int32).cpu().numpy()
             probs = ScoreMaps(coarse, self.chunk_elements) if scores else None
             results.append(SegResult(label, probs, list(self.class_names)))
         return results

@@ -91,6 +91,13 @@ class Segmenter:
         self.folder = folder
         self.meta = load_deploy_json(folder)
         self.student = onnx_session(os.path.join(folder, student or self.meta["student"]), threads)
+        outputs = [o.name for o in self.student.get_outputs()]
+        #: the student graph returns logits (else labels: ``export_open_vocab(output="labels")``)
+        self.has_logits = "logits" in outputs
+        if not self.has_logits and "labels" not in outputs:
+            raise ValueError(
+                f"{folder}: the student graph outputs {outputs}, neither 'logits' nor 'labels'"
+            )
         self.text = onnx_session(os.path.join(folder, self.meta["text"]), threads)
         self.tokenizer = BPETokenizer(
             os.path.join(folder, self.meta["bpe"]), self.meta["context_length"]
@@ -131,6 +138,21 @@ class Segmenter:
     def logits(self, image_chw: np.ndarray, names: Sequence[str]) -> np.ndarray:
         """Logits ``[K, H, W]`` of a float32 ``[3, H, W]`` image (0..255, ``input_format``
         order) at the size given."""
+        if not self.has_logits:
+            raise ValueError(
+                f"{self.folder}: this student graph outputs labels only (exported with "
+                "output='labels'): use labels() or segment(), or export with logits"
+            )
+        return self._run(image_chw, names)
+
+    def labels(self, image_chw: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """Label map int64 ``[H, W]`` of a float32 ``[3, H, W]`` image at the size given: the
+        graph's ``labels`` output when it has one (computed without upsampling every class),
+        else the argmax of its logits."""
+        out = self._run(image_chw, names)
+        return out.argmax(axis=0) if self.has_logits else out
+
+    def _run(self, image_chw: np.ndarray, names: Sequence[str]) -> np.ndarray:
         text = self.text_embeddings(names)
         x = np.ascontiguousarray(image_chw[None], dtype=np.float32)
         return self.student.run(None, {"image": x, "text": text})[0][0]
@@ -158,7 +180,7 @@ class Segmenter:
             image = np.asarray(
                 Image.fromarray(np.ascontiguousarray(image)).resize((nw, nh), Image.BILINEAR)
             )
-        labels = self.logits(image.transpose(2, 0, 1), names).argmax(axis=0)
+        labels = self.labels(image.transpose(2, 0, 1), names)
         if (nh, nw) != (h, w):
             rows = (np.arange(h) * nh // h).clip(0, nh - 1)
             cols = (np.arange(w) * nw // w).clip(0, nw - 1)

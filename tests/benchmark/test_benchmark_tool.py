@@ -132,3 +132,40 @@ def test_autocast_option_measures_under_mixed_precision(tmp_path):
     res = json.loads(out.read_text())
     assert res["meta"]["autocast"] == "bfloat16"
     assert res["inference"] and all(_number(r["latency_ms"]) for r in res["inference"])
+
+
+def test_vocabulary_sweep_goes_beyond_150_names_on_both_paths():
+    from clipdistill.benchmark.run import sweep_names, vocabulary_sweep
+    from common import tiny_cfg
+
+    names = sweep_names(1000)
+    assert len(set(names)) == 1000 and names[0] == "wall" and names[-1] == "thing 1000"
+    rows = vocabulary_sweep([tiny_cfg()], sizes=[32], vocabulary_sizes=[3, 160], iters=1, warmup=0)
+    assert [(r["vocabulary"], r["path"]) for r in rows] == [
+        (3, "logits"),
+        (3, "labels"),
+        (160, "logits"),
+        (160, "labels"),
+    ]
+    assert all(_number(r["latency_ms"]) and r["size"] == 32 for r in rows)
+
+
+def test_label_agreement_tool_counts_identical_pixels(tmp_path):
+    """--label-agreement: per vocabulary and candidate count, identical pixels out of all (the
+    figures themselves are documented, not asserted: a random tiny student)."""
+    from common import load_tool, make_tiny_toy, tiny_train_opts
+
+    _, train, val = make_tiny_toy(tmp_path / "data", "agree", num_val=2, size=40)
+    out = tmp_path / "agree.json"
+    rc = load_tool("benchmark").main(
+        ["--config-file", VOC20_TOY_CONFIG, "--label-agreement", val]
+        + ["--agreement-candidates", "1,4", "--agreement-vocabularies", "30"]
+        + ["--output", str(out)]
+        + tiny_train_opts(train, val, str(tmp_path / "o"))
+    )
+    assert rc == 0
+    rows = json.load(open(out))["label_agreement"]
+    assert [(r["candidates"], r["images"]) for r in rows] == [(1, 2), (4, 2)] * 2
+    assert rows[-1]["vocabulary"] == 30 and rows[0]["vocabulary"] < 30
+    for r in rows:
+        assert 0 < r["identical"] <= r["pixels"] and r["fraction"] == r["identical"] / r["pixels"]

@@ -121,3 +121,22 @@ def test_the_text_embedding_cache_stays_bounded_over_100_vocabularies(tiny_check
     assert 0 < len(encoder._memory) <= encoder.memory_size < 100
     # the one text cache: the student keeps no vocabulary of its own
     assert not [k for k, v in vars(model).items() if isinstance(v, dict) and len(v) >= 100]
+
+
+def test_predictor_labels_from_candidate_classes(tiny_checkpoint):
+    """The predictor's label map (each pixel's candidate classes, through the chained resizes of
+    the test-time mapper and back) against the full computation's argmax; exact_labels and
+    label_candidates = 0 (every class, in chunks) reproduce it."""
+    predictor = SegPredictor(tiny_cfg("MODEL.WEIGHTS", tiny_checkpoint), class_names=["a", "b"])
+    predictor.set_class_names([f"name {i}" for i in range(200)])
+    image = np.random.default_rng(5).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    with torch.no_grad():
+        full = predictor.model([predictor._to_input(image)])[0]["sem_seg"].argmax(0).numpy()
+    coarse = predictor.model.coarse_sem_seg([predictor._to_input(image)])[0]
+    assert coarse.axes[0].weights.shape[1] == 3  # resized for the test, then back: 3x3 cells
+    assert (predictor(image).label == full).mean() > 0.99
+    predictor.exact_labels = True
+    # exact against the chained tables; F.interpolate twice rounds differently (near-ties only)
+    assert (predictor(image).label == full).mean() > 0.9999
+    predictor.exact_labels, predictor.label_candidates = False, 0
+    assert np.array_equal(predictor(image).label, full)

@@ -71,6 +71,73 @@ def test_runtime_matches_pytorch(exported, names):
         assert (labels == ref.argmax(0)).mean() > 0.999
 
 
+@pytest.fixture(scope="module")
+def exported_labels(tmp_path_factory, tiny_checkpoint):
+    folder = tmp_path_factory.mktemp("ov_labels")
+    predictor = SegPredictor(tiny_cfg("MODEL.WEIGHTS", tiny_checkpoint))
+    export_open_vocab(predictor.model, str(folder), output="labels", label_candidates=3)
+    return predictor.model, str(folder)
+
+
+@pytest.mark.parametrize("names", VOCABS, ids=["K3", "K7"])
+def test_labels_export_matches_eager(exported_labels, names):
+    """The graph's labels output (each pixel's candidate classes, K dynamic) equals the eager
+    labels path and the argmax of the eager logits; the runtime's segment() uses it."""
+    model, folder = exported_labels
+    meta = json.load(open(f"{folder}/deploy.json"))
+    assert meta["label_candidates"] == 3 and meta["student_output"].startswith("labels int64")
+    seg = Segmenter(folder, resize=False)
+    assert not seg.has_logits and [o.name for o in seg.student.get_outputs()] == ["labels"]
+    eager_labels = E.ExportableSegmenter(model, names, output="labels", label_candidates=3)
+    eager_logits = E.ExportableSegmenter(model, names)
+    g = torch.Generator().manual_seed(len(names))
+    for h, w in [(64, 80), (96, 72), (37, 53)]:
+        image = torch.randint(0, 256, (3, h, w), generator=g).float()
+        with torch.no_grad():
+            ref = eager_labels(image[None])[0].numpy()
+            full = eager_logits(image[None])[0].numpy().argmax(0)
+        got = seg.labels(image.numpy(), names)
+        assert got.shape == (h, w) and got.dtype == np.int64
+        assert (got == ref).mean() > 0.999 and (got == full).mean() > 0.999
+        hwc = image.permute(1, 2, 0).numpy().astype(np.uint8)
+        assert np.array_equal(seg.segment(hwc, names), got)  # segment() runs the labels graph
+    with pytest.raises(ValueError, match="labels only"):
+        seg.logits(image.numpy(), names)
+
+
+def test_labels_export_batch_and_parity_check(exported_labels):
+    from clipdistill.deploy.open_vocab import parity_check_folder
+
+    model, folder = exported_labels
+    seg = Segmenter(folder, resize=False)
+    x = np.random.default_rng(0).integers(0, 256, (2, 3, 40, 48)).astype(np.float32)
+    out = seg.student.run(None, {"image": x, "text": seg.text_embeddings(VOCABS[1])})[0]
+    assert out.shape == (2, 40, 48) and out.min() >= 0 and out.max() < len(VOCABS[1])
+    worst = parity_check_folder(model, folder, VOCABS, [(40, 48)])
+    assert set(worst) == {"text", "labels"} and worst["labels"] <= 1e-3
+
+
+def test_labels_export_quantises_to_int8(exported_labels, tmp_path):
+    """--int8-images on a labels export: the labels computation (downstream of ``text``) stays
+    float, the graph runs and gives valid labels (agreement with fp32: see the logits test)."""
+    import shutil
+
+    import onnx
+
+    from clipdistill.deploy.quantize import INT8_STUDENT, quantize_student
+
+    folder = str(tmp_path / "copy")
+    shutil.copytree(exported_labels[1], folder)
+    rng = np.random.default_rng(0)
+    quantize_student(folder, [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)])
+    graph = onnx.load(os.path.join(folder, INT8_STUDENT)).graph
+    assert {"QuantizeLinear", "DequantizeLinear", "TopK"} <= {n.op_type for n in graph.node}
+    seg = Segmenter(folder, student=INT8_STUDENT, resize=False)
+    got = seg.labels(rng.integers(0, 256, (3, 48, 40)).astype(np.float32), VOCABS[1])
+    assert got.shape == (48, 40) and got.dtype == np.int64
+    assert got.min() >= 0 and got.max() < len(VOCABS[1])
+
+
 TRICKY = [
     "cat",
     "Potted Plant",

@@ -447,6 +447,18 @@ CASES += [
         lambda w: ["--vocabulary-sweep", "5,x"],
         "--vocabulary-sweep",
     ),
+    (
+        "benchmark: --label-candidates 0",
+        benchmark,
+        lambda w: ["--label-candidates", "0"],
+        "--label-candidates",
+    ),
+    (
+        "export: --label-candidates 0",
+        export,
+        lambda w: ["--label-candidates", "0"],
+        "--label-candidates",
+    ),
     ("compare: --size 0", compare, lambda w: ["--size", "0"], "--size"),
     ("web_demo: --port 99999", web_demo, lambda w: ["--port", "99999"], "--port"),
     ("demo: --alpha 7", demo, lambda w: ["--alpha", "7"], "--alpha"),

@@ -20,7 +20,7 @@ from . import losses as L
 from .config import check_segstudent_config
 from .head import build_student_head
 from .neck import FusionNeck
-from ..postprocess import CoarseSemSeg
+from ..postprocess import AxisResample, CoarseSemSeg, bilinear_axis, compose_axis
 from ..segmenter import OpenVocabSegmenter, inference_context, train_vocabulary_from_cfg
 from ..teacher import CLIPTeacher, SegmenterTeacher, ignore_frozen_missing_keys
 
@@ -235,7 +235,7 @@ class SegStudent(OpenVocabSegmenter):
         with inference_context():
             images = self.preprocess(batched_inputs)
             return [
-                CoarseSemSeg(logits, size, up)
+                CoarseSemSeg(logits, size, up, axes=up.axes(logits.shape[-2:], logits.device))
                 for logits, up, size in self._logits_per_input(batched_inputs, images)
             ]
 
@@ -396,6 +396,17 @@ class _Upsample:
 
     def __init__(self, padded_hw, image_size, out_hw):
         self.padded_hw, self.image_size, self.out_hw = padded_hw, image_size, out_hw
+
+    def axes(self, coarse_hw, device=None) -> Tuple[AxisResample, AxisResample]:
+        """This upsampling of ``[k, *coarse_hw]`` logits as separable tables (rows, columns):
+        what ``resample_labels`` needs for the label map without upsampling every class."""
+        out = []
+        for n, padded, crop, final in zip(coarse_hw, self.padded_hw, self.image_size, self.out_hw):
+            axis = bilinear_axis(int(n), int(padded), device).crop(int(crop))
+            if int(final) != int(crop):
+                axis = compose_axis(axis, bilinear_axis(int(crop), int(final), device), int(crop))
+            out.append(axis)
+        return out[0], out[1]
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(
