@@ -30,7 +30,7 @@ toy: setup
 compare: setup
 	$(PY) tools/make_toy_dataset.py
 	$(PY) tools/compare.py --entries-file configs/compare/testbed.txt --output-dir $(COMPARE_OUT) \
-		--size 64 512 --seeds 0 1 2 --device cpu
+		--size 64 512 --no-test-resize-at 512 --seeds 0 1 2 --device cpu
 
 test: setup
 	bash scripts/install_browser.sh

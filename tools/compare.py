@@ -21,7 +21,7 @@ entries from a file, one per line; the testbed comparison (docs/COMPARISON.md):
 
     python tools/compare.py --entries-file configs/compare/testbed.txt \
         --output-dir output/compare_testbed --runs-dir output/compare_testbed/runs \
-        --size 64 512 --seeds 0 1 2 --device cpu
+        --size 64 512 --no-test-resize-at 512 --seeds 0 1 2 --device cpu
 """
 
 import argparse
@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="time every segmenter on --size images as they are (default: after each config's "
         "own test-time resize, as its evaluation sees them)",
     )
+    p.add_argument(
+        "--no-test-resize-at",
+        type=positive_int,
+        nargs="+",
+        default=[],
+        metavar="SIZE",
+        help="sizes (of --size) at which every segmenter gets the image as it is",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     add_debug_argument(p)
     return p
@@ -145,6 +153,7 @@ def _run(args, common, argv) -> int:
         seeds=args.seeds,
         runs_dir=args.runs_dir or os.path.join(args.output_dir, "runs"),
         train_threads=args.train_threads,
+        raw_sizes=args.no_test_resize_at,
     )
     result["meta"]["command"] = " ".join(["python", "tools/compare.py"] + argv)
     paths = write_comparison(result, args.output_dir)

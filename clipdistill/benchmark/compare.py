@@ -252,6 +252,7 @@ def run_comparison(
     seeds: Sequence[int] = (0,),
     runs_dir: Optional[str] = None,
     train_threads: Optional[int] = None,
+    raw_sizes: Sequence[int] = (),
 ) -> dict:
     """Train (the ``train`` entries), build, evaluate (per ``evaluate_mode``) and measure every
     entry; returns the JSON-ready comparison ``{"meta", "datasets", "rows"}``.
@@ -270,6 +271,8 @@ def run_comparison(
         seeds: the seeds of every ``train`` entry (its accuracy: mean and std over them).
         runs_dir: where the ``train`` entries' runs go (``<runs_dir>/<label>/seed<k>``).
         train_threads: ``OMP_NUM_THREADS`` of the training runs (default: inherited).
+        raw_sizes: sizes at which every segmenter gets the image as it is, without its
+            test-time resize (a cost comparison at one input resolution).
     """
     if evaluate_mode not in EVALUATE_CHOICES:
         raise ConfigError(f"evaluate mode {evaluate_mode!r}: choose one of {EVALUATE_CHOICES}")
@@ -321,7 +324,8 @@ def run_comparison(
         speeds = {}
         for s in sizes:
             logger.info(f"compare: measuring {entry.label} at {s}x{s} on {dev} ...")
-            target = segmenter_target(cfg, entry.label, test_resize=test_resize)
+            resize = test_resize and s not in raw_sizes
+            target = segmenter_target(cfg, entry.label, test_resize=resize)
             speeds[str(s)] = bench_inference(target, cfg, dev, s, batch_size, iters, warmup, flops)
         rows.append(
             {
@@ -350,6 +354,7 @@ def run_comparison(
         "iters": iters,
         "warmup": warmup,
         "test_resize": test_resize,
+        "raw_sizes": [int(x) for x in raw_sizes if int(x) in sizes],
         "statistic": "median over iters after warmup",
         "flop_convention": FLOP_CONVENTION,
         "torch": torch.__version__,
@@ -439,6 +444,11 @@ def format_markdown(result: dict) -> str:
         "Speed: " + ", ".join(f"{s}x{s}" for s in sizes) + f" images (unmarked columns: "
         f"{m['size']}x{m['size']}, columns @N: NxN), batch {m['batch_size']}"
         + (", after each config's test-time resize" if m["test_resize"] else "")
+        + (
+            " (not at " + ", ".join(f"{s}x{s}" for s in m["raw_sizes"]) + ": fed as they are)"
+            if m["test_resize"] and m.get("raw_sizes")
+            else ""
+        )
         + f", {m['statistic']} (iters={m['iters']}, warmup={m['warmup']}), {where}, torch "
         f"{m['torch']}, {m['torch_threads']} threads. {m['flop_convention']}. mIoU: each "
         "segmenter's own evaluation (Trainer.test, detectron2's SemSegEvaluator; seen / unseen "

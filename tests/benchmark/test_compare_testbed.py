@@ -214,7 +214,8 @@ def test_compare_trains_per_seed_and_reads_results_json(tiny_testbed, tmp_path):
     )
     argv = [
         "--entries-file", str(entries), "--output-dir", str(out), "--runs-dir", str(runs),
-        "--seeds", "0", "1", "--size", "64", "96", "--iters", "1", "--warmup", "0",
+        "--seeds", "0", "1", "--size", "64", "96", "--no-test-resize-at", "96",
+        "--iters", "1", "--warmup", "0",
         "--device", "cpu", "--skip-flops",
     ] + TINY  # fmt: skip
     assert load_tool("compare").main(argv) == 0
@@ -237,6 +238,8 @@ def test_compare_trains_per_seed_and_reads_results_json(tiny_testbed, tmp_path):
     # both sizes measured, the first one is the main row
     assert set(san["speed"]) == {"64", "96"}
     assert san["latency_ms"] == san["speed"]["64"]["latency_ms"]
+    # at 64 after SAN's test-time resize (short side 128), at 96 as it is
+    assert san["input"] == "1x3x128x128" and san["speed"]["96"]["input"] == "1x3x96x96"
 
     # the training-free row, against an independent computation of its metrics
     sclip = rows["sclip"]
