@@ -1,10 +1,11 @@
 # clipdistill: `make toy` sets up .venv and runs the embedded default end to end;
-# `make test` sets up .venv and runs the test suite.
+# `make compare` runs the testbed comparison; `make test` sets up .venv and runs the test suite.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TOY_OUT ?= output/voc_toy
+COMPARE_OUT ?= output/compare_testbed
 
-.PHONY: setup toy test
+.PHONY: setup toy compare test
 
 setup:
 	bash scripts/setup_env.sh
@@ -22,6 +23,14 @@ toy: setup
 		MODEL.WEIGHTS $(TOY_OUT)/config/seed0/model_final.pth OUTPUT_DIR $(TOY_OUT)/eval
 	$(PY) tools/visualize_json_results.py --input $(TOY_OUT)/eval/inference/sem_seg_predictions.json \
 		--output $(TOY_OUT)/viz --dataset testbed_sem_seg_val --limit 8
+
+# Every segmenter on the testbed (docs/COMPARISON.md, "The testbed"): trains SAN, OVSeg and the
+# students on the seen classes (3 seeds each, resumable: a re-run continues), evaluates every row
+# (seen / unseen mIoU, hIoU), measures each at 64x64 and 512x512, writes the table and plot.
+compare: setup
+	$(PY) tools/make_toy_dataset.py
+	$(PY) tools/compare.py --entries-file configs/compare/testbed.txt --output-dir $(COMPARE_OUT) \
+		--size 64 512 --no-test-resize-at 512 --seeds 0 1 2 --device cpu
 
 test: setup
 	bash scripts/install_browser.sh

@@ -2,7 +2,7 @@
 (``segmenter_target``, its parameters counted through the ``OpenVocabSegmenter`` interface) and
 the CLIP teacher's two paths (registered targets); ``register_benchmark_target`` adds others."""
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -88,16 +88,22 @@ def inference_params(model: nn.Module) -> Dict[str, int]:
     return {"total": total, "per_image": per_image}
 
 
-def deployed_model(cfg, device, load_weights: bool = False) -> nn.Module:
+def deployed_model(
+    cfg, device, vocabulary: Optional[Sequence[str]] = None, load_weights: bool = False
+) -> nn.Module:
     """The segmenter of ``cfg`` on ``device``, in eval mode, as the predictor deploys it
     (BatchNorms folded when ``MODEL.CLIPDISTILL.FOLD_BN``). ``load_weights``: load
-    ``MODEL.WEIGHTS`` strictly first (timing does not need them: random weights cost the same)."""
+    ``MODEL.WEIGHTS`` strictly first (timing does not need them: random weights cost the same).
+    ``vocabulary``: set first when given (the fold's check runs the segmenter: a training-free one
+    has no other vocabulary)."""
     c = cfg.clone()
     c.defrost()
     c.MODEL.DEVICE = str(device)
     model = build_model(c).eval()
     if load_weights and c.MODEL.WEIGHTS:
         SegmenterCheckpointer(model).load(c.MODEL.WEIGHTS)
+    if vocabulary is not None:
+        model.set_vocabulary(vocabulary)
     if c.MODEL.CLIPDISTILL.FOLD_BN:
         fold_for_inference(model)
     return model
@@ -116,9 +122,9 @@ def segmenter_target(cfg, name: Optional[str] = None, test_resize: bool = False)
     """
 
     def build(_unused_cfg, device, size, batch_size):
-        model = deployed_model(cfg, device)
-        if cfg.DATASETS.TEST:  # time with the vocabulary the segmenter is evaluated on
-            model.set_vocabulary(dataset_vocabulary(cfg.DATASETS.TEST[0]))
+        # time with the vocabulary the segmenter is evaluated on
+        vocab = dataset_vocabulary(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
+        model = deployed_model(cfg, device, vocab)
         images = random_images(batch_size, size, device)
         if test_resize:
             images = resized_for_test(cfg, images)

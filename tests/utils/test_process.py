@@ -91,16 +91,17 @@ def test_a_popen_child_dies_with_its_parent(tmp_path):
     _kill_parent_and_check_children(parent, children)
 
 
-def test_loss_table_run_ends_with_loss_table(tmp_path):
-    """``run_student``'s child (``train_net.py``, here a sleeper in its place) ends with it."""
+def test_train_net_run_ends_with_its_caller(tmp_path):
+    """``engine.runs.run_train_net``'s child (``train_net.py`` of ``loss_table.py`` and
+    ``compare.py``, here a sleeper in its place) ends with its caller."""
     parent = _start(
         tmp_path,
         """
         import sys
-        from clipdistill.testbed import loss_table
+        from clipdistill.engine import runs
         sleeper, pid_file, config, out = sys.argv[1:5]
-        loss_table._tool = lambda script: [sys.executable, "-c", sleeper, pid_file]
-        loss_table.run_student(config, out, [], 0)
+        runs.tool_command = lambda script: [sys.executable, "-c", sleeper, pid_file]
+        runs.run_train_net(config, out, [], 0)
         """,
         _SLEEPER,
         str(tmp_path / "pid0"),

@@ -40,12 +40,12 @@ def check_car_vit(visual: nn.Module, key: str) -> None:
         key: the config key that chose the model, named in the error.
     """
     try:
-        check_plain_vit(visual, "CaR")
+        visual = check_plain_vit(visual, "CaR")
     except NotImplementedError as e:
         raise ValueError(f"{key}: {e}") from e
     if getattr(visual, "final_ln_after_pool", False):
         raise ValueError(f"{key}: CaR needs a ViT whose ln_post comes before the pooling.")
-    ph, pw = visual.conv1.kernel_size
+    ph, pw = visual.patch_size
     if ph != pw:
         raise ValueError(f"{key}: CaR needs square patches, got {ph}x{pw}.")
     for block in visual.transformer.resblocks:

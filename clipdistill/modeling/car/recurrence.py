@@ -36,6 +36,7 @@ from torchvision.transforms import functional as TF
 
 from ..clip.loader import clip_mean_std
 from ..clip.text import TextEncoder
+from ..clip.vit import patch_side, unwrap_tower
 from .cam import grad_cam, refine_cams, sinkhorn_transition
 from .clip_ops import (
     car_vit_tokens,
@@ -227,8 +228,18 @@ class CaRSegmenter(nn.Module):
         return self.proposal_clip.logit_scale.device
 
     @property
+    def proposal_visual(self) -> nn.Module:
+        """The proposal CLIP's ViT (``unwrap_tower``: also a timm-named tower, the testbed's)."""
+        return unwrap_tower(self.proposal_clip.visual)
+
+    @property
+    def classifier_visual(self) -> nn.Module:
+        """The classifier CLIP's ViT (``unwrap_tower``)."""
+        return unwrap_tower(self.classifier_clip.visual)
+
+    @property
     def proposal_patch_size(self) -> int:
-        return int(self.proposal_clip.visual.conv1.kernel_size[0])
+        return patch_side(self.proposal_visual)
 
     # ------------------------------------------------------------------ image side
     @staticmethod
@@ -244,12 +255,12 @@ class CaRSegmenter(nn.Module):
             return self._encode_image(image)
 
     def _encode_image(self, image: Image.Image) -> _EncodedImage:
-        visual = self.proposal_clip.visual
+        visual = self.proposal_visual
         p = self.proposal_patch_size
         w, h = image.size
         size = (int(np.ceil(h / p) * p), int(np.ceil(w / p) * p))
         x = TF.to_tensor(TF.resize(image, list(size), interpolation=InterpolationMode.BICUBIC))
-        x = self._normalize(visual, x)[None].to(self.device)
+        x = self._normalize(self.proposal_clip.visual, x)[None].to(self.device)
         grid = (size[0] // p, size[1] // p)
         tokens, _ = car_vit_tokens(visual, x, self.round_pos_embed_fp16)
         blocks = visual.transformer.resblocks
@@ -263,10 +274,9 @@ class CaRSegmenter(nn.Module):
         if self._classifier_transform is None:
             import open_clip
 
-            visual = self.classifier_clip.visual
-            mean, std = clip_mean_std(visual)
+            mean, std = clip_mean_std(self.classifier_clip.visual)
             self._classifier_transform = open_clip.image_transform(
-                visual.image_size, is_train=False, mean=mean, std=std
+                self.classifier_visual.image_size, is_train=False, mean=mean, std=std
             )
         return self._classifier_transform(Image.fromarray(image))
 
@@ -274,7 +284,7 @@ class CaRSegmenter(nn.Module):
         """``[N, N]`` scores of prompted images (rows) against texts (columns): per template a
         softmax over the texts (``text``: ``[templates, N, C]`` normalised embeddings), summed
         over templates, soft-maxed again."""
-        visual = self.classifier_clip.visual
+        visual = self.classifier_visual
         feats = []
         for i in range(0, len(images), _CLASSIFIER_BATCH):
             batch = images[i : i + _CLASSIFIER_BATCH]
@@ -299,7 +309,7 @@ class CaRSegmenter(nn.Module):
         """Refined CAMs ``[N, H, W]`` of the texts ``fg`` ``[N, C]`` against them plus ``bg``."""
         bg_texts = bg is not None and len(bg) > 0
         text = torch.cat([fg, bg]) if bg_texts else fg
-        visual, scale = self.proposal_clip.visual, self.proposal_clip.logit_scale
+        visual, scale = self.proposal_visual, self.proposal_clip.logit_scale
         n = len(fg)
         cams = grad_cam(
             visual, encoded.tokens, encoded.grid, text, range(n), scale, self.cam_batch_size

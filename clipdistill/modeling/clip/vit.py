@@ -34,6 +34,8 @@ from torch import nn
 __all__ = [
     "POS_EMBED_RESAMPLING",
     "unwrap_tower",
+    "patch_side",
+    "frozen_norms_eval",
     "check_plain_vit",
     "resample_pos_embed",
     "vit_tokens",
@@ -56,6 +58,27 @@ def unwrap_tower(visual: nn.Module) -> nn.Module:
     if isinstance(visual, TimmModel) and len(visual.head) == 0:
         return visual.trunk
     return visual
+
+
+def patch_side(visual: nn.Module) -> int:
+    """The patch side of a ViT tower: its ``patch_size`` (open_clip records it; the testbed's
+    conv-stem ViT has a stem, not a single strided convolution, as ``conv1``)."""
+    size = getattr(visual, "patch_size", None)
+    if size is None:
+        size = visual.conv1.kernel_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def frozen_norms_eval(module: nn.Module) -> nn.Module:
+    """Put every BatchNorm of ``module`` whose parameters are all frozen in eval mode (in place):
+    a frozen CLIP keeps its running statistics while the model around it trains (the testbed
+    ViT's conv stem; OpenAI's ViTs have no BatchNorm). Returns ``module``."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in m.parameters()
+        ):
+            m.eval()
+    return module
 
 
 def check_plain_vit(visual: nn.Module, what: str = "Dense features") -> VisionTransformer:

@@ -23,6 +23,7 @@ from torch import nn
 from detectron2.structures import BitMasks
 
 from ..clip import TextEncoder, load_open_clip
+from ..clip.vit import patch_side, unwrap_tower
 
 __all__ = ["MaskPromptCLIP", "mask_prompt_encode", "crop_regions", "patch_keep_mask"]
 
@@ -54,8 +55,7 @@ def mask_prompt_encode(
     if region_masks is not None:
         if mask_embedding is None or mask_embedding.shape[0] == 0:
             raise ValueError("mask prompt forward needs a mask embedding of depth >= 1")
-        patch = visual.conv1.kernel_size[0]
-        keep = patch_keep_mask(region_masks, patch).to(x.dtype)
+        keep = patch_keep_mask(region_masks, patch_side(visual)).to(x.dtype)
         emb = mask_embedding.to(x.dtype)
         if emb.shape[1] == 1:
             emb = emb.expand(-1, x.shape[1], -1)
@@ -135,7 +135,9 @@ class MaskPromptCLIP(nn.Module):
         mask_fill: str = "mean",
     ):
         super().__init__()
-        visual = clip_model.visual
+        # the open_clip VisionTransformer, also where a model config names it as a timm tower
+        # (the testbed's ViT-8-testbed)
+        visual = unwrap_tower(clip_model.visual)
         if not hasattr(visual, "conv1") or not hasattr(visual, "class_embedding"):
             raise ValueError(
                 "MODEL.OVSEG.CLIP.NAME must be a ViT CLIP (mask prompt tuning needs patch tokens)"
@@ -158,7 +160,7 @@ class MaskPromptCLIP(nn.Module):
             p.requires_grad_(False)
         self.text_encoder = text_encoder
         grid = visual.positional_embedding.shape[0] - 1
-        width = visual.conv1.out_channels
+        width = visual.class_embedding.shape[0]
         self.mask_embedding = nn.Parameter(
             torch.zeros(mask_prompt_depth, grid, width), requires_grad=False
         )
@@ -243,7 +245,7 @@ class MaskPromptCLIP(nn.Module):
     ) -> torch.Tensor:
         """Normalised CLIP embeddings ``[V, E]`` of the crops (mask prompt when enabled)."""
         feats = mask_prompt_encode(
-            self.clip_model.visual,
+            unwrap_tower(self.clip_model.visual),
             crops,
             crop_masks if self.mask_prompt_fwd else None,
             self.mask_embedding,

@@ -27,6 +27,7 @@ from detectron2.utils.memory import retry_if_cuda_oom
 
 from ..clip.loader import clip_mean_std, load_open_clip
 from ..clip.text import PROMPT_TEMPLATES
+from ..clip.vit import unwrap_tower
 from ..criterion import HungarianMatcher, SetCriterion, masks_from_sem_seg
 from .classifier import LearnableBgOvClassifier
 from .recognition import CLIPFeatureExtractor, RecognitionHead
@@ -169,7 +170,9 @@ class SAN(OpenVocabSegmenter):
             identity=identity,
             weights_file=weights_file,
         )
-        visual = clip_model.visual
+        # the open_clip VisionTransformer, also where a model config names it as a timm tower
+        # (the testbed's ViT-8-testbed)
+        visual = unwrap_tower(clip_model.visual)
         extractor = CLIPFeatureExtractor(
             visual, san.FEATURE_LAST_LAYER_IDX, san.CLIP_FROZEN_EXCLUDE
         )
@@ -230,7 +233,7 @@ class SAN(OpenVocabSegmenter):
             importance_sample_ratio=san.IMPORTANCE_SAMPLE_RATIO,
         )
         train_vocab = train_vocabulary_from_cfg(cfg)
-        mean, std = clip_mean_std(visual)  # CLIP's own normalisation
+        mean, std = clip_mean_std(clip_model.visual)  # CLIP's own normalisation
         return {
             "clip_visual_extractor": extractor,
             "clip_rec_head": rec_head,

@@ -24,6 +24,8 @@ from open_clip.transformer import VisionTransformer
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from ..clip.vit import frozen_norms_eval
+
 __all__ = ["CLIPFeatureExtractor", "RecognitionHead", "CLIPFeatures", "SOS_TOKEN_FORMATS"]
 
 #: how the recognition's SOS tokens are initialised
@@ -96,6 +98,12 @@ class CLIPFeatureExtractor(nn.Module):
         self.resblocks = nn.ModuleList(blocks[:last_layer_idx])
         self.last_layer_idx = last_layer_idx
         _freeze(self, frozen_exclude)
+
+    def train(self, mode: bool = True):
+        """Frozen BatchNorms (the testbed ViT's conv stem) stay in eval mode."""
+        super().train(mode)
+        frozen_norms_eval(self)
+        return self
 
     def forward(self, x: torch.Tensor) -> CLIPFeatures:
         x = self.conv1(x)  # [B, C, h, w]
