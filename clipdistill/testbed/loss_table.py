@@ -8,6 +8,7 @@ directly as a training-free segmenter (the ``MaskCLIP`` META_ARCH on the whole i
 test set, also through ``tools/train_net.py --eval-only``.
 """
 
+import itertools
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ from ..utils.process import die_with_parent
 
 __all__ = [
     "LOSSES",
+    "threads_per_run",
     "ANNOTATION_FREE",
     "Variant",
     "pseudo_label_dataset",
@@ -222,7 +224,8 @@ def run_table(
     """Run every (variant, seed) student and the teacher, print and write the table.
 
     ``jobs`` students train at once (subprocesses; with ``jobs > 1`` each gets
-    ``OMP_NUM_THREADS = max(1, cpus // jobs)``).
+    ``threads_per_run`` threads: the cores shared by the runs that can still run beside it, so
+    the last run of an odd count gets all of them).
 
     Outputs in ``output_dir``: ``<variant>/seed<k>/`` (each run's detectron2 output),
     ``teacher/``, ``table.md`` and ``table.json``.
@@ -256,13 +259,14 @@ def run_table(
         for seed in seeds:
             out = os.path.join(output_dir, variant.name, f"seed{seed}")
             tasks.append((label, seed, out, overrides))
-    env = None
-    if jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    started = itertools.count()  # tasks start in order: the k-th start leaves len(tasks)-k
 
     def run(task):
         label, seed, out, overrides = task
+        env = None
+        if jobs > 1:
+            threads = threads_per_run(len(tasks) - next(started), jobs, os.cpu_count() or 1)
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         metrics = run_student(
             config_file,
             out,
@@ -296,6 +300,12 @@ def run_table(
     }
     atomic_save_json(os.path.join(output_dir, "table.json"), payload, indent=2)
     return {"teacher": teacher_metrics, "runs": runs, "table": text}
+
+
+def threads_per_run(left: int, jobs: int, cpus: int) -> int:
+    """``OMP_NUM_THREADS`` of a run started with ``left`` runs (itself included) not yet started,
+    ``jobs`` at once on ``cpus`` cores: ``cpus // min(jobs, left)``, at least 1."""
+    return max(1, cpus // max(1, min(jobs, left)))
 
 
 def transfer_notes(rows: Dict[str, Dict], teacher: Optional[Dict[str, float]]) -> List[str]:

@@ -169,3 +169,13 @@ def test_read_metrics_loads_weights_only_and_names_a_damaged_file(tmp_path):
     path.write_bytes(b"\x80\x02garbage")
     with pytest.raises(UserError, match="sem_seg_evaluation.pth"):
         read_metrics(str(tmp_path))
+
+
+def test_the_last_runs_get_the_cores_the_others_left():
+    """--jobs 2 on 2 cores: one thread each while two can run together; the last run of an odd
+    count (make toy's annotation-free student) gets both."""
+    from clipdistill.testbed.loss_table import threads_per_run
+
+    assert [threads_per_run(left, 2, 2) for left in (3, 2, 1)] == [1, 1, 2]
+    assert [threads_per_run(left, 4, 8) for left in (6, 4, 3, 2, 1)] == [2, 2, 2, 4, 8]
+    assert threads_per_run(1, 3, 2) == 2 and threads_per_run(3, 3, 2) == 1
