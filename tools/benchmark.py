@@ -24,7 +24,12 @@ import torch
 
 from detectron2.utils.logger import setup_logger
 
-from clipdistill.benchmark import format_table, run_benchmark, vocabulary_sweep
+from clipdistill.benchmark import (
+    dataset_sweep_source,
+    format_table,
+    run_benchmark,
+    vocabulary_sweep,
+)
 from clipdistill.config import get_clipdistill_cfg
 from clipdistill.modeling.postprocess import LABEL_CANDIDATES
 from clipdistill.utils.cli import config_argument_parser, parse_config_args, run_tool
@@ -85,6 +90,14 @@ def parse_args(argv=None):
         "make a pixel's candidates",
     )
     p.add_argument(
+        "--sweep-dataset",
+        default="",
+        metavar="DATASET",
+        help="--vocabulary-sweep's names and image: this registered dataset's class names (then "
+        "generated ones) and its first image, resized to each --sweep-sizes (default: ADE20K-150's "
+        "names, a random image)",
+    )
+    p.add_argument(
         "--sweep-sizes",
         default=[224, 512],
         type=positive_int_list,
@@ -113,6 +126,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command the results record
     return run_tool(PROG, lambda: _run(args), debug=args.debug)
 
 
@@ -138,7 +152,7 @@ def _run(args) -> int:
     with amp:
         result = _measure(cfg, args)
     result["meta"]["autocast"] = args.autocast
-    result["meta"]["command"] = " ".join(["python", "tools/benchmark.py"] + sys.argv[1:])
+    result["meta"]["command"] = " ".join(["python", "tools/benchmark.py"] + args.argv)
     result["meta"]["config_file"] = args.config_file
     result["meta"]["opts"] = list(args.opts)
     print(format_table(result))
@@ -169,6 +183,9 @@ def _measure(cfg, args) -> dict:
 def _sweep(cfg, args) -> list:
     from tabulate import tabulate
 
+    names = image = None
+    if args.sweep_dataset:
+        names, image = dataset_sweep_source(cfg, args.sweep_dataset)
     rows = vocabulary_sweep(
         [cfg] + [get_clipdistill_cfg(f, args.opts) for f in args.segmenter_config],
         device=args.device,
@@ -177,11 +194,13 @@ def _sweep(cfg, args) -> list:
         iters=args.iters,
         warmup=args.warmup,
         label_candidates=args.label_candidates,
+        names=names,
+        image=image,
     )
     print(tabulate(rows, headers="keys", floatfmt=".1f"))
     if args.output:
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output folder")
-        command = " ".join(["python", "tools/benchmark.py"] + sys.argv[1:])
+        command = " ".join(["python", "tools/benchmark.py"] + args.argv)
         atomic_save_json(args.output, {"command": command, "vocabulary_sweep": rows})
         print(f"results written to {args.output}")
     return rows
@@ -203,7 +222,7 @@ def _agreement(cfg, args) -> list:
     print(tabulate(rows, headers="keys", floatfmt=".7f"))
     if args.output:
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.output)), "--output folder")
-        command = " ".join(["python", "tools/benchmark.py"] + sys.argv[1:])
+        command = " ".join(["python", "tools/benchmark.py"] + args.argv)
         atomic_save_json(args.output, {"command": command, "label_agreement": rows})
         print(f"results written to {args.output}")
     return rows

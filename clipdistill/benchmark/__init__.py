@@ -12,7 +12,13 @@ from .compare import Entry, format_markdown, parse_entry, run_comparison, write_
 from .flops import FLOP_CONVENTION, count_flops
 from .memory import PeakMemory
 from .report import format_table
-from .run import INFERENCE_FIELDS, TRAINING_FIELDS, run_benchmark, vocabulary_sweep
+from .run import (
+    INFERENCE_FIELDS,
+    TRAINING_FIELDS,
+    dataset_sweep_source,
+    run_benchmark,
+    vocabulary_sweep,
+)
 from .targets import (
     BENCHMARK_TARGETS,
     BenchmarkTarget,
@@ -39,5 +45,6 @@ __all__ = [
     "run_comparison",
     "format_markdown",
     "write_comparison",
+    "dataset_sweep_source",
     "vocabulary_sweep",
 ]

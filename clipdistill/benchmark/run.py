@@ -38,6 +38,7 @@ __all__ = [
     "TRAINING_FIELDS",
     "bench_inference",
     "run_benchmark",
+    "dataset_sweep_source",
     "sweep_names",
     "vocabulary_sweep",
 ]
@@ -184,13 +185,38 @@ def run_benchmark(
     return result
 
 
-def sweep_names(k: int) -> List[str]:
-    """``k`` class names: ADE20K-150's (real names, so that text lengths are realistic), then
-    generated ones ("thing 151", ...) beyond 150 (ADE-847 and larger vocabularies)."""
-    from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
+def sweep_names(k: int, base: Optional[Sequence[str]] = None) -> List[str]:
+    """``k`` class names: ``base``'s (default ADE20K-150's: real names, so that text lengths are
+    realistic), then generated ones ("thing 151", ...) beyond them (ADE-847 and larger
+    vocabularies)."""
+    if base is None:
+        from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 
-    names = list(ADE20K_SEM_SEG_CATEGORIES)[:k]
+        base = ADE20K_SEM_SEG_CATEGORIES
+    names = list(base)[:k]
     return names + [f"thing {i + 1}" for i in range(len(names), k)]
+
+
+def dataset_sweep_source(cfg, dataset: str):
+    """The class names and first image of a registered dataset, for a vocabulary sweep that runs
+    as it does on real data (CaR's recurrence drops names by what the image shows): returns
+    ``(names, image)``, image a ``[3, H, W]`` uint8 tensor in ``cfg.INPUT.FORMAT``.
+
+    Raises:
+        ConfigKeyError: the dataset has no class names; DataError: it has no images.
+    """
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.detection_utils import read_image
+
+    from ..modeling.segmenter import dataset_vocabulary
+    from ..utils.errors import DataError
+
+    names = dataset_vocabulary(dataset)
+    records = DatasetCatalog.get(dataset)
+    if not records:
+        raise DataError(f"dataset {dataset!r} has no images to time")
+    array = read_image(records[0]["file_name"], format=cfg.INPUT.FORMAT)
+    return names, torch.as_tensor(array.transpose(2, 0, 1).copy())
 
 
 def vocabulary_sweep(
@@ -202,6 +228,8 @@ def vocabulary_sweep(
     iters: int = 3,
     warmup: int = 1,
     label_candidates: int = LABEL_CANDIDATES,
+    names: Optional[Sequence[str]] = None,
+    image: Optional[torch.Tensor] = None,
 ) -> List[dict]:
     """Latency of segmenters against vocabulary size and image size (batch 1), on two paths:
 
@@ -212,9 +240,10 @@ def vocabulary_sweep(
       cell, for a segmenter whose coarse scores carry their resampling; else class chunks).
 
     Each segmenter is built from its own config (``cfgs``; only ``MODEL.DEVICE`` is set).
-    Vocabularies: ``sweep_names``; images are random. A segmenter whose cost depends on its
-    weights (CaR's recurrence stops earlier with a random CLIP) should be timed with its real
-    weights.
+    Vocabularies: ``sweep_names`` (from ``names`` when given, else ADE20K-150's); the image is
+    random, or ``image`` (``[3, H, W]`` uint8, e.g. ``dataset_sweep_source``'s) resized to each
+    size. A segmenter whose cost depends on its weights and the image (CaR's recurrence stops
+    earlier with a random CLIP) should be timed with its real weights on a real image.
 
     Returns:
         rows ``{"name", "size", "vocabulary", "path", "latency_ms", "latency_ms_min"}``.
@@ -225,10 +254,15 @@ def vocabulary_sweep(
         model = deployed_model(cfg, dev)
         meta_arch = cfg.MODEL.META_ARCHITECTURE
         for size in sizes:
-            image = random_images(1, size, dev)[0]
-            inputs = [{"image": image, "height": size, "width": size}]
+            if image is None:
+                im = random_images(1, size, dev)[0]
+            else:
+                im = torch.nn.functional.interpolate(
+                    image[None].float(), size=(size, size), mode="bilinear", align_corners=False
+                )[0].round().clamp(0, 255).to(torch.uint8).to(dev)
+            inputs = [{"image": im, "height": size, "width": size}]
             for k in vocabulary_sizes:
-                model.set_vocabulary(sweep_names(k))
+                model.set_vocabulary(sweep_names(k, names))
 
                 def logits():
                     with torch.inference_mode():

@@ -7,6 +7,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from clipdistill.benchmark import INFERENCE_FIELDS, TRAINING_FIELDS
 from common import REPO, TINY_OPTS, VOC20_TOY_CONFIG
 
@@ -169,3 +172,43 @@ def test_label_agreement_tool_counts_identical_pixels(tmp_path):
     assert rows[-1]["vocabulary"] == 30 and rows[0]["vocabulary"] < 30
     for r in rows:
         assert 0 < r["identical"] <= r["pixels"] and r["fraction"] == r["identical"] / r["pixels"]
+
+
+def test_vocabulary_sweep_on_a_datasets_names_and_image(tmp_path):
+    """--sweep-dataset: the dataset's class names (then generated ones) and its first image,
+    resized to each sweep size, are what the segmenter is timed on."""
+    from clipdistill.benchmark.run import dataset_sweep_source, sweep_names
+    from clipdistill.modeling.segmenter import dataset_vocabulary
+    from common import load_tool, make_tiny_toy, tiny_cfg, tiny_train_opts
+
+    assert sweep_names(3, ["a", "b"]) == ["a", "b", "thing 3"]
+    assert sweep_names(1, ["a", "b"]) == ["a"]
+    _, train, val = make_tiny_toy(tmp_path / "data", "sweepds", num_val=2, size=40)
+    names, image = dataset_sweep_source(tiny_cfg(), val)
+    assert names == dataset_vocabulary(val) and len(names) > 2
+    assert image.dtype == torch.uint8 and image.shape == (3, 40, 40) and image.float().std() > 0
+    out = tmp_path / "sweep.json"
+    k = len(names) + 2
+    rc = load_tool("benchmark").main(
+        ["--config-file", VOC20_TOY_CONFIG, "--vocabulary-sweep", f"2,{k}"]
+        + ["--sweep-dataset", val, "--sweep-sizes", "48", "--iters", "1", "--warmup", "0"]
+        + ["--output", str(out)]
+        + tiny_train_opts(train, val, str(tmp_path / "o"))
+    )
+    assert rc == 0
+    rows = json.load(open(out))["vocabulary_sweep"]
+    assert [(r["vocabulary"], r["size"]) for r in rows] == [(2, 48)] * 2 + [(k, 48)] * 2
+    assert "--sweep-dataset" in json.load(open(out))["command"]
+
+
+def test_sweep_dataset_without_images_is_one_line(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from clipdistill.benchmark.run import dataset_sweep_source
+    from clipdistill.utils.errors import DataError
+    from common import tiny_cfg
+
+    DatasetCatalog.register("sweep_empty_ds", lambda: [])
+    MetadataCatalog.get("sweep_empty_ds").set(stuff_classes=["a", "b"])
+    with pytest.raises(DataError, match="sweep_empty_ds"):
+        dataset_sweep_source(tiny_cfg(), "sweep_empty_ds")
