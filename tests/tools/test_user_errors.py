@@ -530,7 +530,7 @@ def _loss_table(w, *extra, variants=("ce",), out="loss_table"):
 
 def _loss_table_damaged_results(w):
     """A finished run whose sem_seg_evaluation.pth is damaged: reading it is the error."""
-    from clipdistill.testbed.loss_table import RUN_RECORD
+    from clipdistill.engine.runs import RUN_RECORD
 
     run = w["root"] / "loss_table_damaged" / "ce" / "seed0"
     (run / "inference").mkdir(parents=True, exist_ok=True)
