@@ -7,7 +7,10 @@ latency, GMACs and achieved GMAC/s, at --size (random weights: speed only).
 
 Writes <output>/backbones.json and prints a markdown table. Each backbone is exported with the
 open-vocabulary export (text embeddings of the training vocabulary as input) and quantised with
-random calibration images (--calib-images). Timings are only as good as the machine is idle.
+random calibration images (--calib-images). In the same interleaved rounds as each backbone, the
+config's CLIP teacher's dense path runs at --size (unless --no-teacher-dense): the second table
+gives each runner's speed-up over it and its GMAC/s as a percentage of CLIP's. Timings are only
+as good as the machine is idle.
 KEY VALUE config overrides go last.
 """
 
@@ -37,6 +40,12 @@ def build_parser():
     parser.add_argument("--warmup", type=non_negative_int, default=2)
     parser.add_argument("--calib-images", type=positive_int, default=8)
     parser.add_argument("--threads", type=non_negative_int, default=0, help="0: torch's default")
+    parser.add_argument(
+        "--no-teacher-dense",
+        action="store_true",
+        help="do not time the config's CLIP teacher's dense path (encode_image_dense at --size) "
+        "in the same rounds as each backbone (the speed-up and GMAC/s columns against it)",
+    )
     return parser
 
 
@@ -51,10 +60,14 @@ def _run(args) -> int:
     import torch
 
     from clipdistill.benchmark.backbones import (
+        Reference,
         build_candidate,
         format_backbone_table,
         measure_candidate,
     )
+    from clipdistill.benchmark.flops import count_flops
+    from clipdistill.benchmark.report import TEACHER_DENSE
+    from clipdistill.benchmark.targets import BENCHMARK_TARGETS
     from clipdistill.deploy.export import ExportableSegmenter, onnx_session
     from clipdistill.deploy.open_vocab import export_open_vocab
     from clipdistill.deploy.quantize import INT8_STUDENT, quantize_student
@@ -68,6 +81,15 @@ def _run(args) -> int:
     rng = np.random.default_rng(0)
     calib = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)]
     calib = calib * max(1, args.calib_images)
+    reference = None
+    if not args.no_teacher_dense:
+        logger.info(f"{TEACHER_DENSE} at {args.size}x{args.size} ...")
+        module, run, example, _ = BENCHMARK_TARGETS[TEACHER_DENSE].build(
+            cfg, torch.device("cpu"), args.size, 1
+        )
+        run()
+        flops = count_flops(module, example)
+        reference = Reference("clip_dense", run, None if flops is None else flops / 1e9)
     results = {}
     for name in args.backbones:
         try:
@@ -88,7 +110,9 @@ def _run(args) -> int:
             runners[key] = lambda x, s=sess: s.run(None, {"image": x, "text": text})
         baked = ExportableSegmenter(model, names)
         results[name].update(
-            measure_candidate(baked, args.size, runners, runs=args.runs, warmup=args.warmup)
+            measure_candidate(
+                baked, args.size, runners, runs=args.runs, warmup=args.warmup, reference=reference
+            )
         )
     report = {
         "machine": {
@@ -97,6 +121,7 @@ def _run(args) -> int:
             "threads": threads,
             "torch": torch.__version__,
         },
+        "reference": None if reference is None else f"{TEACHER_DENSE}, {cfg.MODEL.CLIPDISTILL.TEACHER.NAME}",
         "results": results,
     }
     atomic_save_json(os.path.join(args.output, "backbones.json"), report)

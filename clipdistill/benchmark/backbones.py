@@ -8,7 +8,7 @@ the machine's load affects them alike.
 """
 
 import logging
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
 import numpy as np
 import torch
 
@@ -19,6 +19,7 @@ from .flops import count_flops
 
 __all__ = [
     "CANDIDATE_BACKBONES",
+    "Reference",
     "backbone_cfg",
     "build_candidate",
     "format_backbone_table",
@@ -56,6 +57,16 @@ def build_candidate(cfg, name: str) -> torch.nn.Module:
     return build_model(backbone_cfg(cfg, name)).eval()
 
 
+class Reference(NamedTuple):
+    """What the candidates are compared with, timed in the same interleaved rounds: ``run``
+    (no argument) does one forward of ``gmacs`` GMACs (e.g. CLIP's dense path at the same size,
+    ``tools/bench_backbones.py``)."""
+
+    name: str
+    run: Callable[[], object]
+    gmacs: Optional[float]
+
+
 def measure_candidate(
     module: Callable[[torch.Tensor], torch.Tensor],
     size: int,
@@ -63,11 +74,14 @@ def measure_candidate(
     runs: int = 10,
     warmup: int = 2,
     flops_module: Optional[torch.nn.Module] = None,
+    reference: Optional[Reference] = None,
 ) -> Dict[str, object]:
     """Median latency of the eager ``module`` (image ``[1, 3, size, size]`` 0..255 -> logits)
     and of each runner in ``onnx_runners`` (same input as numpy), the GMACs of ``flops_module``
     (default ``module``; ``count_flops``: one multiply-add = one flop) and the achieved GMAC/s
-    of each runner."""
+    of each runner. With a ``reference``, timed in the same rounds: its latency and GMAC/s
+    (``out["reference"]``), each runner's speed-up over it (its median latency over the
+    runner's) and each runner's GMAC/s as a fraction of the reference's."""
     x = torch.randint(0, 256, (1, 3, size, size)).float()
     xn = x.numpy()
 
@@ -78,17 +92,38 @@ def measure_candidate(
     calls = {"eager": eager}
     for name, run in (onnx_runners or {}).items():
         calls[name] = lambda run=run: run(xn)
+    if reference is not None:
+        if reference.name in calls:
+            raise ValueError(f"reference name {reference.name!r} is also a runner's name")
+        calls[reference.name] = reference.run
     times = {k: summarize(v) for k, v in time_interleaved(calls, runs, warmup).items()}
+    ref_times = times.pop(reference.name) if reference is not None else None
     flops = count_flops(flops_module or module, x)
     out: Dict[str, object] = {"size": size, "runs": runs, "warmup": warmup, "latency": times}
     out["gmacs"] = None if flops is None else flops / 1e9
     if flops is not None:
         out["gmac_per_s"] = {k: flops / 1e9 / (t["median_ms"] / 1000) for k, t in times.items()}
+    if reference is not None:
+        ref_ms = ref_times["median_ms"]
+        ref_rate = None if reference.gmacs is None else reference.gmacs / (ref_ms / 1000)
+        out["reference"] = {
+            "name": reference.name,
+            "latency": ref_times,
+            "gmacs": reference.gmacs,
+            "gmac_per_s": ref_rate,
+        }
+        out["speedup_vs_reference"] = {k: ref_ms / t["median_ms"] for k, t in times.items()}
+        if ref_rate and flops is not None:
+            out["gmac_per_s_vs_reference"] = {
+                k: v / ref_rate for k, v in out["gmac_per_s"].items()
+            }
     return out
 
 
 def format_backbone_table(results: Dict[str, dict], names: Sequence[str]) -> str:
-    """A markdown table backbone x latency (ms) of each runner, GMACs, GMAC/s."""
+    """A markdown table backbone x latency (ms) of each runner, GMACs, GMAC/s; where the results
+    have a reference (``measure_candidate``), a second table: its latency and GMAC/s in the same
+    rounds, each runner's speed-up over it and its GMAC/s as a percentage of the reference's."""
     runners = []
     for r in results.values():
         runners += [k for k in r.get("latency", {}) if k not in runners]
@@ -110,4 +145,22 @@ def format_backbone_table(results: Dict[str, dict], names: Sequence[str]) -> str
         ]
         gm = f"{g:.2f}" if g is not None else "n/a"
         lines.append(f"| {name} | " + " | ".join(lat) + f" | {gm} | " + " | ".join(rate) + " |")
+    ref_rows = [n for n in names if "reference" in results.get(n, {})]
+    if ref_rows:
+        ref = results[ref_rows[0]]["reference"]["name"]
+        lines += ["", f"| backbone | {ref} ms (same rounds) | {ref} GMAC/s | "]
+        lines[-1] += " | ".join(f"{k} speed-up" for k in runners) + " | "
+        lines[-1] += " | ".join(f"{k} GMAC/s % of {ref}'s" for k in runners) + " |"
+        lines.append("|" + "---|" * (3 + 2 * len(runners)))
+        for name in ref_rows:
+            r = results[name]
+            rr = r["reference"]
+            rate = "n/a" if rr["gmac_per_s"] is None else f"{rr['gmac_per_s']:.1f}"
+            up = [f"{r['speedup_vs_reference'][k]:.1f}x" if k in r["latency"] else "" for k in runners]
+            pct = r.get("gmac_per_s_vs_reference", {})
+            pc = [f"{100 * pct[k]:.0f} %" if k in pct else "" for k in runners]
+            lines.append(
+                f"| {name} | {rr['latency']['median_ms']:.1f} | {rate} | "
+                + " | ".join(up) + " | " + " | ".join(pc) + " |"
+            )
     return "\n".join(lines)

@@ -296,7 +296,17 @@ def test_bench_backbones_tool(tmp_path, tiny_opts, capsys):
     r = report["test_efficientnet"]
     assert set(r["latency"]) == {"eager", "onnx_fp32", "onnx_int8"}
     assert r["gmacs"] > 0 and all(v > 0 for v in r["gmac_per_s"].values())
-    assert "| test_efficientnet |" in capsys.readouterr().out
+    # CLIP's dense path, timed in the same rounds: speed-ups are its latency over each runner's
+    ref = r["reference"]
+    assert ref["name"] == "clip_dense" and ref["gmacs"] > 0
+    for k, t in r["latency"].items():
+        want = ref["latency"]["median_ms"] / t["median_ms"]
+        assert r["speedup_vs_reference"][k] == pytest.approx(want)
+        assert r["gmac_per_s_vs_reference"][k] == pytest.approx(
+            r["gmac_per_s"][k] / ref["gmac_per_s"]
+        )
+    out = capsys.readouterr().out
+    assert "| test_efficientnet |" in out and "clip_dense ms (same rounds)" in out
 
 
 def test_web_demo_handler_runs_on_the_runtime(exported):
