@@ -14,6 +14,7 @@ import torch
 
 from detectron2.modeling import build_model
 
+from ..modeling.backbone.timm_backbone import levels_at_strides
 from ..utils.timing import summarize, time_interleaved
 from .flops import count_flops
 
@@ -41,10 +42,12 @@ CANDIDATE_BACKBONES = (
 
 
 def backbone_cfg(cfg, name: str):
-    """A copy of ``cfg`` with the student's timm backbone ``name``, random weights, on the CPU."""
+    """A copy of ``cfg`` with the student's timm backbone ``name`` (its feature levels at strides
+    4..32, ``levels_at_strides``), random weights, on the CPU."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.TIMM.NAME = name
+    cfg.MODEL.TIMM.OUT_INDICES = levels_at_strides(name)
     cfg.MODEL.TIMM.WEIGHTS = ""
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"

@@ -251,7 +251,8 @@ def vocabulary_sweep(
     rows = []
     for cfg in cfgs:
         dev = torch.device(device or cfg.MODEL.DEVICE)
-        model = deployed_model(cfg, dev)
+        # a vocabulary first: folding BatchNorms runs the segmenter (a training-free one has none)
+        model = deployed_model(cfg, dev, sweep_names(vocabulary_sizes[0], names))
         meta_arch = cfg.MODEL.META_ARCHITECTURE
         for size in sizes:
             if image is None:

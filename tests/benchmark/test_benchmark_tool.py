@@ -153,6 +153,22 @@ def test_vocabulary_sweep_goes_beyond_150_names_on_both_paths():
     assert all(_number(r["latency_ms"]) and r["size"] == 32 for r in rows)
 
 
+def test_vocabulary_sweep_times_a_training_free_segmenter():
+    """A training-free segmenter (CaR) has no vocabulary of its own: the sweep gives it one before
+    the BatchNorm fold runs it (it failed with "CaR has no vocabulary")."""
+    from clipdistill.benchmark.run import vocabulary_sweep
+    from clipdistill.config import get_clipdistill_cfg
+    from common import CONFIGS
+
+    cfg = get_clipdistill_cfg(
+        os.path.join(CONFIGS, "car", "car_toyclip_voc20toy.yaml"),
+        ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()", "MODEL.CLIPDISTILL.FOLD_BN", "True"],
+    )
+    rows = vocabulary_sweep([cfg], sizes=[32], vocabulary_sizes=[2], iters=1, warmup=0)
+    assert [(r["name"], r["vocabulary"]) for r in rows] == [("CaR", 2)] * 2
+    assert all(_number(r["latency_ms"]) for r in rows)
+
+
 def test_label_agreement_tool_counts_identical_pixels(tmp_path):
     """--label-agreement: per vocabulary and candidate count, identical pixels out of all (the
     figures themselves are documented, not asserted: a random tiny student)."""

@@ -148,6 +148,28 @@ def test_unreachable_backbone_weights():
         build_model(tiny_cfg("MODEL.TIMM.WEIGHTS", "/nonexistent/effnet.pth"))
 
 
+def test_backbone_features_are_named_by_stride():
+    """res2..res5 are strides 4..32 whichever timm levels hold them: levels 1..4 of a CNN with a
+    stride-2 level, levels 0..3 of one whose first level is at stride 4 (ConvNeXt, RepViT)."""
+    from clipdistill.modeling.backbone.timm_backbone import levels_at_strides
+    from clipdistill.utils.errors import ConfigError
+
+    assert levels_at_strides("test_efficientnet") == [1, 2, 3, 4]
+    assert levels_at_strides("test_convnext") == [0, 1, 2, 3]
+    model = build_model(
+        tiny_cfg("MODEL.TIMM.NAME", "test_convnext", "MODEL.TIMM.OUT_INDICES", "[0, 1, 2, 3]")
+    ).eval()
+    shapes = model.backbone.output_shape()
+    assert {k: v.stride for k, v in shapes.items()} == {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)}])
+    assert out[0]["sem_seg"].shape[-2:] == (64, 64)
+    with pytest.raises(ConfigError, match=r"MODEL.TIMM.OUT_INDICES=\[1, 2, 3, 4\].*\[0, 1, 2, 3\]"):
+        build_model(tiny_cfg("MODEL.TIMM.NAME", "test_convnext"))
+    with pytest.raises(ConfigError, match="not a timm model"):
+        levels_at_strides("no_such_model")
+
+
 def test_backbone_local_weights_file(tmp_path):
     import timm
     from safetensors.torch import save_file

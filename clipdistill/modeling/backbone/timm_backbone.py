@@ -13,14 +13,35 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from ...utils.distributed import local_rank_zero_first
 from ...utils.errors import ConfigError, DataError, ResourceError
 
-__all__ = ["TimmBackbone", "build_timm_backbone"]
+__all__ = ["TimmBackbone", "build_timm_backbone", "levels_at_strides"]
 
 logger = logging.getLogger(__name__)
 
 
+def levels_at_strides(name: str, strides: Sequence[int] = (4, 8, 16, 32)) -> list:
+    """The timm feature levels of model ``name`` at ``strides`` (its ``MODEL.TIMM.OUT_INDICES``
+    for res2..res5): levels 1..4 for most CNNs (level 0 at stride 2), 0..3 for models whose
+    first level is at stride 4 (RepViT, FastViT).
+
+    Raises:
+        ConfigError: ``name`` is not a timm model, or has no feature level at one of ``strides``.
+    """
+    if name not in timm.list_models():
+        raise ConfigError(f"MODEL.TIMM.NAME={name!r} is not a timm model")
+    reductions = timm.create_model(name, features_only=True, pretrained=False).feature_info.reduction()
+    missing = [s for s in strides if s not in reductions]
+    if missing:
+        raise ConfigError(
+            f"MODEL.TIMM.NAME={name!r} has no feature level at stride {missing} "
+            f"(its levels' strides: {reductions})"
+        )
+    return [reductions.index(s) for s in strides]
+
+
 class TimmBackbone(Backbone):
-    """Wrap ``timm.create_model(name, features_only=True)``; outputs are named ``res{i+1}`` for
-    timm feature level ``i`` (so level 1..4 = res2..res5 = strides 4..32 for most CNNs).
+    """Wrap ``timm.create_model(name, features_only=True)``; outputs are named by their stride,
+    ``res{log2(stride)}`` as detectron2's ResNets (strides 4..32 = res2..res5: timm levels 1..4
+    of most CNNs, whose level 0 is at stride 2; levels 0..3 of RepViT or FastViT).
 
     NOTE: this interface is experimental.
     """
@@ -79,9 +100,16 @@ class TimmBackbone(Backbone):
                 ) from e
         else:
             logger.info(f"TimmBackbone: {name} randomly initialised (MODEL.TIMM.WEIGHTS='')")
-            self.model = timm.create_model(name, pretrained=False, **kwargs)
+            try:
+                self.model = timm.create_model(name, pretrained=False, **kwargs)
+            except IndexError as e:  # a level the model does not have
+                raise ConfigError(
+                    f"MODEL.TIMM.OUT_INDICES={list(out_indices)}: {name!r} has no such feature "
+                    f"level (its levels at strides 4..32: "
+                    f"{levels_at_strides(name) if name else '?'})"
+                ) from e
         info = self.model.feature_info
-        self._out_features = [f"res{i + 1}" for i in out_indices]
+        self._out_features = [f"res{int(r).bit_length() - 1}" for r in info.reduction()]
         self._out_feature_channels = dict(zip(self._out_features, info.channels()))
         self._out_feature_strides = dict(zip(self._out_features, info.reduction()))
 
