@@ -98,19 +98,27 @@ def quantize_student(
     ``exclude_op_types``: further ONNX op types left in float.
     Returns its path."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     seg = Segmenter(folder, resize=False)
     names = list(class_names or seg.meta["train_vocabulary"])
     reader = ImageCalibrationReader(images, seg.text_embeddings(names), seg.meta)
     src = os.path.join(folder, seg.meta["student"])
-    exclude = _text_head_nodes(src) + (
-        _nodes_of_types(src, exclude_op_types) if exclude_op_types else []
-    )
     dst = os.path.join(folder, output)
     tmp = dst + ".tmp.onnx"
+    pre = dst + ".pre.onnx"
     try:
+        # onnxruntime's pre-processing (shape inference, basic graph optimisation): it removes
+        # the exporter's Identity nodes between shared constants and the convolutions' biases.
+        # Without it a bias is not an initializer, stays float, and onnxruntime cannot fuse the
+        # convolution into QLinearConv: 22 of a ResNet-18-D student's 28 convolutions ran in
+        # float between Dequantize/Quantize nodes, and int8 was slower than fp32.
+        quant_pre_process(src, pre, skip_symbolic_shape=True)
+        exclude = _text_head_nodes(pre) + (
+            _nodes_of_types(pre, exclude_op_types) if exclude_op_types else []
+        )
         quantize_static(
-            src,
+            pre,
             tmp,
             reader,
             quant_format=QuantFormat.QDQ,
@@ -123,6 +131,7 @@ def quantize_student(
             raise ValueError("int8 calibration: no images were given")
         os.replace(tmp, dst)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for path in (tmp, pre):
+            if os.path.exists(path):
+                os.remove(path)
     return dst
