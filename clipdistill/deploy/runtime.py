@@ -17,7 +17,14 @@ import numpy as np
 
 from .tokenizer import BPETokenizer
 
-__all__ = ["Segmenter", "format_template", "load_deploy_json", "onnx_session", "resize_shortest_edge"]
+__all__ = [
+    "Segmenter",
+    "bilinear_resize",
+    "format_template",
+    "load_deploy_json",
+    "onnx_session",
+    "resize_shortest_edge",
+]
 
 
 def load_deploy_json(folder: str) -> dict:
@@ -180,12 +187,36 @@ class Segmenter:
             image = np.asarray(
                 Image.fromarray(np.ascontiguousarray(image)).resize((nw, nh), Image.BILINEAR)
             )
-        labels = self.labels(image.transpose(2, 0, 1), names)
-        if (nh, nw) != (h, w):
-            rows = (np.arange(h) * nh // h).clip(0, nh - 1)
-            cols = (np.arange(w) * nw // w).clip(0, nw - 1)
-            labels = labels[rows][:, cols]
-        return labels.astype(np.int64)
+        x = image.transpose(2, 0, 1)
+        if (nh, nw) == (h, w):
+            return self.labels(x, names).astype(np.int64)
+        if self.has_logits:
+            # as detectron2's sem_seg_postprocess: the logits, bilinearly, back to the image size
+            return bilinear_resize(self.logits(x, names), h, w).argmax(axis=0).astype(np.int64)
+        labels = self.labels(x, names)  # a labels-only graph: nearest
+        rows = (np.arange(h) * nh // h).clip(0, nh - 1)
+        cols = (np.arange(w) * nw // w).clip(0, nw - 1)
+        return labels[rows][:, cols].astype(np.int64)
+
+
+def _bilinear_axis(n_in: int, n_out: int):
+    """Source indices and weights of ``torch.nn.functional.interpolate(mode="bilinear",
+    align_corners=False)`` along one axis (no antialiasing)."""
+    scale = np.float32(n_in / n_out)  # float32 throughout, as PyTorch's CPU kernel
+    src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.clip(src, 0, None)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def bilinear_resize(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``[K, H, W]`` float -> ``[K, h, w]``, as ``F.interpolate(x[None], (h, w), mode="bilinear",
+    align_corners=False)`` (detectron2's ``sem_seg_postprocess``), in numpy."""
+    r0, r1, rw = _bilinear_axis(x.shape[1], h)
+    c0, c1, cw = _bilinear_axis(x.shape[2], w)
+    rows = x[:, r0, :] * (1 - rw)[None, :, None] + x[:, r1, :] * rw[None, :, None]
+    return rows[:, :, c0] * (1 - cw) + rows[:, :, c1] * cw
 
 
 def colorize(labels: np.ndarray, num_classes: int, seed: int = 0) -> np.ndarray:
