@@ -60,14 +60,12 @@ def _run(args) -> int:
     import torch
 
     from clipdistill.benchmark.backbones import (
-        Reference,
         build_candidate,
         format_backbone_table,
         measure_candidate,
+        teacher_dense_reference,
     )
-    from clipdistill.benchmark.flops import count_flops
     from clipdistill.benchmark.report import TEACHER_DENSE
-    from clipdistill.benchmark.targets import BENCHMARK_TARGETS
     from clipdistill.deploy.export import ExportableSegmenter, onnx_session
     from clipdistill.deploy.open_vocab import export_open_vocab
     from clipdistill.deploy.quantize import INT8_STUDENT, quantize_student
@@ -81,15 +79,7 @@ def _run(args) -> int:
     rng = np.random.default_rng(0)
     calib = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)]
     calib = calib * max(1, args.calib_images)
-    reference = None
-    if not args.no_teacher_dense:
-        logger.info(f"{TEACHER_DENSE} at {args.size}x{args.size} ...")
-        module, run, example, _ = BENCHMARK_TARGETS[TEACHER_DENSE].build(
-            cfg, torch.device("cpu"), args.size, 1
-        )
-        run()
-        flops = count_flops(module, example)
-        reference = Reference("clip_dense", run, None if flops is None else flops / 1e9)
+    reference = None if args.no_teacher_dense else teacher_dense_reference(cfg, args.size)
     results = {}
     for name in args.backbones:
         try:
@@ -121,7 +111,9 @@ def _run(args) -> int:
             "threads": threads,
             "torch": torch.__version__,
         },
-        "reference": None if reference is None else f"{TEACHER_DENSE}, {cfg.MODEL.CLIPDISTILL.TEACHER.NAME}",
+        "reference": (
+            None if reference is None else f"{TEACHER_DENSE}, {cfg.MODEL.CLIPDISTILL.TEACHER.NAME}"
+        ),
         "results": results,
     }
     atomic_save_json(os.path.join(args.output, "backbones.json"), report)

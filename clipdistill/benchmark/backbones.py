@@ -17,10 +17,13 @@ from detectron2.modeling import build_model
 from ..modeling.backbone.timm_backbone import levels_at_strides
 from ..utils.timing import summarize, time_interleaved
 from .flops import count_flops
+from .report import TEACHER_DENSE
+from .targets import BENCHMARK_TARGETS
 
 __all__ = [
     "CANDIDATE_BACKBONES",
     "Reference",
+    "teacher_dense_reference",
     "backbone_cfg",
     "build_candidate",
     "format_backbone_table",
@@ -70,6 +73,18 @@ class Reference(NamedTuple):
     gmacs: Optional[float]
 
 
+def teacher_dense_reference(cfg, size: int) -> Reference:
+    """``cfg``'s CLIP teacher's dense path (``encode_image_dense``) on a ``size x size`` image on
+    the CPU, with its GMACs: the reference of ``measure_candidate``."""
+    logger.info(f"{TEACHER_DENSE} at {size}x{size} ...")
+    module, run, example, _ = BENCHMARK_TARGETS[TEACHER_DENSE].build(
+        cfg, torch.device("cpu"), size, 1
+    )
+    run()  # first call: text embeddings, allocations
+    flops = count_flops(module, example)
+    return Reference("clip_dense", run, None if flops is None else flops / 1e9)
+
+
 def measure_candidate(
     module: Callable[[torch.Tensor], torch.Tensor],
     size: int,
@@ -117,9 +132,7 @@ def measure_candidate(
         }
         out["speedup_vs_reference"] = {k: ref_ms / t["median_ms"] for k, t in times.items()}
         if ref_rate and flops is not None:
-            out["gmac_per_s_vs_reference"] = {
-                k: v / ref_rate for k, v in out["gmac_per_s"].items()
-            }
+            out["gmac_per_s_vs_reference"] = {k: v / ref_rate for k, v in out["gmac_per_s"].items()}
     return out
 
 
@@ -159,11 +172,16 @@ def format_backbone_table(results: Dict[str, dict], names: Sequence[str]) -> str
             r = results[name]
             rr = r["reference"]
             rate = "n/a" if rr["gmac_per_s"] is None else f"{rr['gmac_per_s']:.1f}"
-            up = [f"{r['speedup_vs_reference'][k]:.1f}x" if k in r["latency"] else "" for k in runners]
+            up = [
+                f"{r['speedup_vs_reference'][k]:.1f}x" if k in r["latency"] else "" for k in runners
+            ]
             pct = r.get("gmac_per_s_vs_reference", {})
             pc = [f"{100 * pct[k]:.0f} %" if k in pct else "" for k in runners]
             lines.append(
                 f"| {name} | {rr['latency']['median_ms']:.1f} | {rate} | "
-                + " | ".join(up) + " | " + " | ".join(pc) + " |"
+                + " | ".join(up)
+                + " | "
+                + " | ".join(pc)
+                + " |"
             )
     return "\n".join(lines)

@@ -71,7 +71,9 @@ def test_runtime_matches_pytorch(exported, names):
         assert (labels == ref.argmax(0)).mean() > 0.999
 
 
-@pytest.mark.parametrize("src,dst", [((128, 128), (64, 64)), ((7, 12), (20, 5)), ((96, 240), (60, 150))])
+@pytest.mark.parametrize(
+    "src,dst", [((128, 128), (64, 64)), ((7, 12), (20, 5)), ((96, 240), (60, 150))]
+)
 def test_bilinear_resize_matches_torch(src, dst):
     from clipdistill.deploy.runtime import bilinear_resize
 
@@ -283,7 +285,10 @@ def test_int8_student_runs_and_agrees_with_fp32(exported):
     # text product is a MatMul (onnxruntime's Einsum is slow)
     import onnxruntime as ort
 
-    fp32_convs = sum(n.op_type == "Conv" for n in onnx.load(os.path.join(folder, fp32.meta["student"])).graph.node)
+    fp32_convs = sum(
+        n.op_type == "Conv"
+        for n in onnx.load(os.path.join(folder, fp32.meta["student"])).graph.node
+    )
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = os.path.join(folder, "int8.optimized.onnx")
     ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])

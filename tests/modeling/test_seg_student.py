@@ -160,7 +160,12 @@ def test_backbone_features_are_named_by_stride():
         tiny_cfg("MODEL.TIMM.NAME", "test_convnext", "MODEL.TIMM.OUT_INDICES", "[0, 1, 2, 3]")
     ).eval()
     shapes = model.backbone.output_shape()
-    assert {k: v.stride for k, v in shapes.items()} == {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+    assert {k: v.stride for k, v in shapes.items()} == {
+        "res2": 4,
+        "res3": 8,
+        "res4": 16,
+        "res5": 32,
+    }
     with torch.no_grad():
         out = model([{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)}])
     assert out[0]["sem_seg"].shape[-2:] == (64, 64)

@@ -28,7 +28,9 @@ def levels_at_strides(name: str, strides: Sequence[int] = (4, 8, 16, 32)) -> lis
     """
     if name not in timm.list_models():
         raise ConfigError(f"MODEL.TIMM.NAME={name!r} is not a timm model")
-    reductions = timm.create_model(name, features_only=True, pretrained=False).feature_info.reduction()
+    reductions = timm.create_model(
+        name, features_only=True, pretrained=False
+    ).feature_info.reduction()
     missing = [s for s in strides if s not in reductions]
     if missing:
         raise ConfigError(
@@ -105,8 +107,7 @@ class TimmBackbone(Backbone):
             except IndexError as e:  # a level the model does not have
                 raise ConfigError(
                     f"MODEL.TIMM.OUT_INDICES={list(out_indices)}: {name!r} has no such feature "
-                    f"level (its levels at strides 4..32: "
-                    f"{levels_at_strides(name) if name else '?'})"
+                    f"level (its levels at strides 4..32: {levels_at_strides(name)})"
                 ) from e
         info = self.model.feature_info
         self._out_features = [f"res{int(r).bit_length() - 1}" for r in info.reduction()]
